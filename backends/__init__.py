@@ -1,0 +1,1 @@
+"""Backends: ``jax`` (the real one) and ``reference`` (a small NumPy interpreter for tests)."""

@@ -1,0 +1,123 @@
+"""Run ONNX's backend node tests through the forward evaluator and count what passes.
+
+``python -m projc.backends.jax.conformance`` (or ``projc conformance``) prints the pass count;
+excluded tests are listed, with a reason each, in ``conformance_excludes/*.txt`` beside this file
+(one file per op family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+EXCLUDES_DIR = Path(__file__).with_name("conformance_excludes")
+# The floor CI enforces: raise it when the count goes up, never lower it silently.
+FLOOR = 0
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str  # "pass", "fail", "unsupported", "excluded"
+    detail: str = ""
+
+
+def load_excludes(folder: Path = EXCLUDES_DIR) -> list[tuple[re.Pattern, str]]:
+    """(pattern, reason) pairs from every ``*.txt`` file; a line is ``regex  # reason``."""
+    rules = []
+    lines = [l for f in sorted(folder.glob("*.txt")) for l in f.read_text().splitlines()]
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, _, reason = line.partition("#")
+        rules.append((re.compile(pattern.strip() + "$"), reason.strip()))
+    return rules
+
+
+def load_cases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.loader import load_model_tests
+
+        return load_model_tests(kind="node")
+
+
+def run_case(case) -> Outcome:
+    """Run one node test; classify the result."""
+    from onnx.backend.test.runner import Runner
+
+    from projc.backends.jax.onnx_backend import ProjcBackend
+    from projc.errors import UnsupportedOpError
+
+    try:
+        rep = ProjcBackend.prepare(case.model)
+        for inputs, expected in case.data_sets:
+            outputs = rep.run(inputs)
+            Runner.assert_similar_outputs(
+                expected, outputs, rtol=case.rtol, atol=case.atol
+            )
+    except UnsupportedOpError as exc:
+        return Outcome(case.name, "unsupported", str(exc).splitlines()[-1].strip())
+    except Exception as exc:  # a wrong answer or a crash both count as failures
+        msg = " ".join(str(exc).split())[:300]
+        return Outcome(case.name, "fail", f"{type(exc).__name__}: {msg}")
+    return Outcome(case.name, "pass")
+
+
+def run_all(pattern: str | None = None, verbose: bool = False) -> list[Outcome]:
+    """Run every node test (or those whose name matches ``pattern``)."""
+    excludes = load_excludes()
+    outcomes = []
+    selector = re.compile(pattern) if pattern else None
+    for case in load_cases():
+        if selector and not selector.search(case.name):
+            continue
+        reason = next((r for p, r in excludes if p.match(case.name)), None)
+        if reason is not None:
+            outcome = Outcome(case.name, "excluded", reason)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with np.errstate(all="ignore"):
+                    outcome = run_case(case)
+        outcomes.append(outcome)
+        if verbose and outcome.status != "pass":
+            print(f"{outcome.status:12} {outcome.name}: {outcome.detail}", flush=True)
+    return outcomes
+
+
+def summary(outcomes: list[Outcome]) -> dict[str, int]:
+    counts = {"total": len(outcomes)}
+    for status in ("pass", "fail", "unsupported", "excluded"):
+        counts[status] = sum(o.status == status for o in outcomes)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-k", "--pattern", help="only tests whose name matches this regex")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every non-passing test")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    counts = summary(run_all(args.pattern, args.verbose))
+    print(
+        f"passed {counts['pass']} of {counts['total']} ONNX node tests "
+        f"(failed {counts['fail']}, unsupported {counts['unsupported']}, excluded {counts['excluded']}) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import projc.backends.jax  # noqa: F401  (enables x64 before any array is made)
+
+    sys.exit(main())

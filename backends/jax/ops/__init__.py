@@ -1,0 +1,18 @@
+"""Forward rules for ONNX ops, one module per family; importing this package registers them."""
+
+from projc.backends.jax.ops._registry import lookup, register, registered
+
+# Importing the families fills the rule table.
+from projc.backends.jax.ops import (  # noqa: F401,E402
+    control,
+    elementwise,
+    indexing,
+    linalg,
+    nn,
+    quantize,
+    reduce,
+    rnn,
+    shape,
+)
+
+__all__ = ["lookup", "register", "registered"]

@@ -1,0 +1,3 @@
+from projc.cli import main
+
+main()
