@@ -4,15 +4,19 @@ from projc.backends.jax.ops._registry import lookup, register, registered
 
 # Importing the families fills the rule table.
 from projc.backends.jax.ops import (  # noqa: F401,E402
+    attention,
     control,
     elementwise,
     indexing,
     linalg,
+    ml,
     nn,
     quantize,
     reduce,
     rnn,
+    sequence,
     shape,
+    signal,
 )
 
 __all__ = ["lookup", "register", "registered"]

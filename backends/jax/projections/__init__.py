@@ -1,0 +1,1 @@
+"""Exact projection operators, one module per constraint kind, vectorised over batches."""

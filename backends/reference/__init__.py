@@ -1,0 +1,1 @@
+"""A small NumPy reference interpreter, used to test the JAX backend differentially."""
