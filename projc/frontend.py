@@ -124,6 +124,13 @@ def load_model(
     return model
 
 
+def run_reference(model: ir.Model) -> list:
+    """Evaluate a model without graph inputs with ONNX's reference evaluator (constant folding)."""
+    from onnx.reference import ReferenceEvaluator
+
+    return list(ReferenceEvaluator(to_proto(model)).run(None, {}))
+
+
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     """Serialise the IR back to an ONNX ModelProto."""
     return ir.serde.serialize_model(model)

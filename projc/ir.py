@@ -37,13 +37,17 @@ def _learnable_use(use) -> bool:
     return (use.node.op_type, use.idx) not in _CONFIG_INPUTS
 
 
-def assign_roles(graph: ir.Graph) -> None:
+def assign_roles(graph: ir.Graph, keep_existing: bool = False) -> None:
     """Mark each initializer as a trainable parameter or a constant (in ``value.meta``).
 
     Floating tensors feeding a data slot are parameters; scalars (scale factors, epsilons)
     are constants unless a layer op (Gemm, Conv, ...) consumes them as weight or bias.
+    With ``keep_existing``, initializers that already have a role keep it (constants made by
+    ``fold-constants`` stay constants even when they look like weights).
     """
     for value in graph.initializers.values():
+        if keep_existing and ROLE_KEY in value.meta:
+            continue
         uses = [u for u in value.uses() if _learnable_use(u)]
         learnable = _is_float(value.dtype) and value.const_value is not None and bool(uses)
         if learnable and value.const_value.size <= 1:
@@ -62,8 +66,20 @@ def model_opset(model: ir.Model, domain: str = "") -> int:
     return opsets.get(domain, opsets.get("ai.onnx", 0)) if domain in ("", "ai.onnx") else opsets.get(domain, 1)
 
 
+def dtype_name(dtype: ir.DataType | None) -> str:
+    """NumPy-style name of an ONNX dtype (float32, int64, bfloat16, string, ...)."""
+    if dtype is None:
+        return "?"
+    if dtype == ir.DataType.STRING:
+        return "string"
+    try:
+        return np.dtype(dtype.numpy()).name
+    except Exception:  # dtypes NumPy cannot name (float4, int2, ...)
+        return dtype.name.lower()
+
+
 def format_type(value: ir.Value) -> str:
-    dtype = value.dtype.name.lower() if value.dtype is not None else "?"
+    dtype = dtype_name(value.dtype)
     if value.shape is None:
         return f"{dtype}[?]"
     dims = ",".join(str(d) if isinstance(d, int) else str(d.value or "?") for d in value.shape)
@@ -75,7 +91,7 @@ def _format_attr(attr: ir.Attr) -> str:
     if attr.type == ir.AttributeType.GRAPH:
         return f"<graph {v.name}>"
     if attr.type == ir.AttributeType.TENSOR:
-        return f"<tensor {v.dtype.name.lower()}{list(v.shape)}>"
+        return f"<tensor {dtype_name(v.dtype)}{list(v.shape)}>"
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):

@@ -41,6 +41,13 @@ def _is_concrete(values: Sequence[Any]) -> bool:
     return not any(isinstance(v, Tracer) for v in values)
 
 
+def _static_value(x: Any) -> Any:
+    """A static input as NumPy; sequences stay lists and an absent optional stays ``None``."""
+    if x is None or isinstance(x, (list, tuple)):
+        return x if x is None else [np.asarray(v) for v in x]
+    return np.asarray(x)
+
+
 class _Interpreter:
     def __init__(self, opsets: Mapping[str, int]):
         self.opsets = dict(opsets)
@@ -122,7 +129,7 @@ class Forward:
         by_name = dict(zip(self.input_names, inputs))
         for value in graph.inputs:
             if value.name in self._static:
-                env[value] = np.asarray(self._static[value.name])
+                env[value] = _static_value(self._static[value.name])
             elif value.name in by_name:
                 env[value] = by_name[value.name]
         for name, value in graph.initializers.items():

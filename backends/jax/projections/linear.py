@@ -1,0 +1,32 @@
+"""Projection onto the graph of an affine map, `y = sum(c * x, -1) + d`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def project_linear(x, y, c, d=0.0, w=1.0):
+    """Project `(x, y)` onto `{y = c . x + d}` with output weight `w` (method.md section 2).
+
+    With residual `r = y - c.x - d`: `x' = x + r w c / (1 + w |c|^2)` and
+    `y' = y - r / (1 + w |c|^2)`, the closed-form minimiser of `|x' - x|^2 + w |y' - y|^2`.
+
+    Args:
+        x: inputs, shape `(..., n)`.
+        y: outputs, shape `(...)`.
+        c: coefficients, broadcastable to `x` (a constant operand, a ones vector for a sum).
+        d: offset, broadcastable to `y`.
+        w: output weight, a float or an array broadcastable to `y`.
+
+    Returns:
+        `(x2, y2)` with the shapes and dtype of `x` and `y`.
+    """
+    x = jnp.asarray(x)
+    dt = x.dtype
+    y, c, d, w = (jnp.asarray(v, dt) for v in (y, c, d, w))
+    cc = jnp.sum(c * c, axis=-1)
+    r = y - jnp.sum(c * x, axis=-1) - d
+    k = r / (1 + w * cc)  # the output moves by -k, the input by w k c
+    x2 = x + (w * k)[..., None] * c
+    y2 = y - k
+    return x2, jnp.broadcast_to(y2, jnp.broadcast_shapes(y2.shape, x.shape[:-1]))

@@ -1,0 +1,11 @@
+"""Build ``mlp_digits.onnx``: a 64-32-10 ReLU MLP for 8x8 digits."""
+
+from _common import build_mlp
+
+
+def build():
+    return build_mlp("mlp_digits", [64, 32, 10], seed=1)
+
+
+if __name__ == "__main__":
+    print(build())

@@ -1,0 +1,11 @@
+"""Build ``mlp_digits_128.onnx``: a 64-128-10 ReLU MLP for 8x8 digits."""
+
+from _common import build_mlp
+
+
+def build():
+    return build_mlp("mlp_digits_128", [64, 128, 10], seed=2)
+
+
+if __name__ == "__main__":
+    print(build())

@@ -1,0 +1,11 @@
+"""Build ``mlp_mnist1d.onnx``: a 40-128-10 ReLU MLP for MNIST-1D."""
+
+from _common import build_mlp
+
+
+def build():
+    return build_mlp("mlp_mnist1d", [40, 128, 10], seed=5)
+
+
+if __name__ == "__main__":
+    print(build())

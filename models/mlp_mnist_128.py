@@ -1,0 +1,11 @@
+"""Build ``mlp_mnist_128.onnx``: a 784-128-10 ReLU MLP for MNIST."""
+
+from _common import build_mlp
+
+
+def build():
+    return build_mlp("mlp_mnist_128", [784, 128, 10], seed=4)
+
+
+if __name__ == "__main__":
+    print(build())
