@@ -167,11 +167,12 @@ def ops(format: Format = FormatOpt) -> None:
 def conformance(
     pattern: Optional[str] = typer.Option(None, "-k", help="Only tests whose name matches this regex."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print every test that does not pass."),
+    kind: str = typer.Option("node", "--kind", help="node, simple, pytorch-converted or pytorch-operator."),
 ) -> None:
     """Run ONNX's backend node tests through projc's evaluator and print the pass count."""
     from projc.backends.jax import conformance as conf
 
-    argv = (["-k", pattern] if pattern else []) + (["-v"] if verbose else [])
+    argv = (["-k", pattern] if pattern else []) + (["-v"] if verbose else []) + ["--kind", kind]
     raise typer.Exit(conf.main(argv))
 
 

@@ -99,6 +99,8 @@ def _from_npz(path: Path, name: str) -> Dataset:
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (has {sorted(arrays)}); expected x, y[, x_test, y_test]")
     x, y = arrays["x"], arrays["y"]
+    if len(x) != len(y):
+        raise DataError(f"{name}: train has {len(x)} samples but {len(y)} labels")
     if "x_test" in arrays and "y_test" in arrays:
         parts = (x, y, arrays["x_test"], arrays["y_test"])
     else:

@@ -41,12 +41,43 @@ def load_excludes(folder: Path = EXCLUDES_DIR) -> list[tuple[re.Pattern, str]]:
     return rules
 
 
-def load_cases():
+KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
+
+
+def load_cases(kind: str = "node"):
+    """ONNX's backend test cases of one kind (``node``: the 1884 single-op tests)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from onnx.backend.test.loader import load_model_tests
 
-        return load_model_tests(kind="node")
+        return load_model_tests(kind=kind)
+
+
+def _read_tensors(files: list[Path]) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = []
+    for f in sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[-1])):
+        tensor = onnx.TensorProto()
+        tensor.ParseFromString(f.read_bytes())
+        arrays.append(numpy_helper.to_array(tensor))
+    return arrays
+
+
+def case_model_and_data(case):
+    """(ModelProto, [(inputs, outputs)]) of a test, built in memory or read from its folder."""
+    if case.model is not None:
+        return case.model, case.data_sets
+    import onnx
+
+    folder = Path(case.model_dir)
+    model = onnx.load(str(folder / "model.onnx"))
+    data = [
+        (_read_tensors(list(d.glob("input_*.pb"))), _read_tensors(list(d.glob("output_*.pb"))))
+        for d in sorted(folder.glob("test_data_set_*"))
+    ]
+    return model, data
 
 
 def run_case(case) -> Outcome:
@@ -57,8 +88,9 @@ def run_case(case) -> Outcome:
     from projc.errors import UnsupportedOpError
 
     try:
-        rep = ProjcBackend.prepare(case.model)
-        for inputs, expected in case.data_sets:
+        model, data_sets = case_model_and_data(case)
+        rep = ProjcBackend.prepare(model)
+        for inputs, expected in data_sets:
             outputs = rep.run(inputs)
             Runner.assert_similar_outputs(
                 expected, outputs, rtol=case.rtol, atol=case.atol
@@ -71,12 +103,12 @@ def run_case(case) -> Outcome:
     return Outcome(case.name, "pass")
 
 
-def run_all(pattern: str | None = None, verbose: bool = False) -> list[Outcome]:
-    """Run every node test (or those whose name matches ``pattern``)."""
+def run_all(pattern: str | None = None, verbose: bool = False, kind: str = "node") -> list[Outcome]:
+    """Run every test of ``kind`` (or those whose name matches ``pattern``)."""
     excludes = load_excludes()
     outcomes = []
     selector = re.compile(pattern) if pattern else None
-    for case in load_cases():
+    for case in load_cases(kind):
         if selector and not selector.search(case.name):
             continue
         reason = next((r for p, r in excludes if p.match(case.name)), None)
@@ -106,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-k", "--pattern", help="only tests whose name matches this regex")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every non-passing test")
+    parser.add_argument("--kind", choices=KINDS, default="node", help="which ONNX test collection")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts = summary(run_all(args.pattern, args.verbose))
+    counts = summary(run_all(args.pattern, args.verbose, args.kind))
     print(
-        f"passed {counts['pass']} of {counts['total']} ONNX node tests "
+        f"passed {counts['pass']} of {counts['total']} ONNX {args.kind} tests "
         f"(failed {counts['fail']}, unsupported {counts['unsupported']}, excluded {counts['excluded']}) "
         f"in {time.perf_counter() - start:.0f} s"
     )
