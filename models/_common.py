@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 IR_VERSION = 8  # the IR version that goes with opset 17; any onnxruntime since 1.13 reads it
 HERE = Path(__file__).resolve().parent
+Signature = list[tuple[str, list]]  # (value name, shape); symbolic dimensions are strings
 
 
 def he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
@@ -23,7 +24,9 @@ def he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndar
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
 
-def glorot(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
+def glorot(
+    rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int
+) -> np.ndarray:
     """Glorot (Xavier) uniform init, for output, tanh and recurrent layers."""
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, shape).astype(np.float32)
@@ -53,13 +56,19 @@ class Net:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs):
         """Add a node; returns its output name (or names, when it has several)."""
-        names = outputs if isinstance(outputs, list) else [self.fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.fresh(op_type), **attrs))
+        if isinstance(outputs, list):
+            names = outputs
+        else:
+            names = [self.fresh(op_type.lower()) for _ in range(outputs)]
+        node = helper.make_node(op_type, inputs, names, name=self.fresh(op_type), **attrs)
+        self.nodes.append(node)
         return names[0] if len(names) == 1 else names
 
-    def gemm(self, x: str, n_in: int, n_out: int, layer: str, init: str = "he", out: str | None = None) -> str:
+    def gemm(
+        self, x: str, n_in: int, n_out: int, layer: str, init: str = "he", out: str | None = None
+    ) -> str:
         """A dense layer ``x @ W.T + b`` as Gemm(transB=1), W stored [n_out, n_in] as torch does."""
         if init == "he":
             w = he(self.rng, (n_out, n_in), n_in)
@@ -76,7 +85,7 @@ class Net:
         b_name = self.param(f"{layer}.bias", bias(self.rng, (c_out,), fan_in))
         return self.op("Conv", [x, w_name, b_name], kernel_shape=[k, k], pads=[pad] * 4)
 
-    def model(self, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> onnx.ModelProto:
+    def model(self, inputs: Signature, outputs: Signature) -> onnx.ModelProto:
         """The checked ModelProto; shapes are lists whose symbolic entries are strings."""
         graph = helper.make_graph(
             self.nodes,
@@ -92,14 +101,16 @@ class Net:
         onnx.checker.check_model(model, full_check=True)
         return model
 
-    def save(self, inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> Path:
-        """Write ``<name>.onnx`` next to the builder scripts and return its path."""
-        path = HERE / f"{self.name}.onnx"
+    def save(self, inputs: Signature, outputs: Signature, out_dir: Path = HERE) -> Path:
+        """Write ``<name>.onnx`` into ``out_dir`` (default: beside the scripts); return its path."""
+        path = Path(out_dir) / f"{self.name}.onnx"
         onnx.save(self.model(inputs, outputs), str(path))
         return path
 
 
-def build_mlp(name: str, sizes: list[int], seed: int, activation: str = "Relu") -> Path:
+def build_mlp(
+    name: str, sizes: list[int], seed: int, activation: str = "Relu", out_dir: Path = HERE
+) -> Path:
     """An MLP on input ``x`` [batch, sizes[0]] with logits output ``logits`` [batch, sizes[-1]]."""
     net = Net(name, seed)
     h = "x"
@@ -109,4 +120,4 @@ def build_mlp(name: str, sizes: list[int], seed: int, activation: str = "Relu") 
             h = net.op(activation, [net.gemm(h, n_in, n_out, f"fc{i + 1}")])
         else:
             h = net.gemm(h, n_in, n_out, f"fc{i + 1}", init="glorot", out="logits")
-    return net.save([("x", ["batch", sizes[0]])], [("logits", ["batch", sizes[-1]])])
+    return net.save([("x", ["batch", sizes[0]])], [("logits", ["batch", sizes[-1]])], out_dir)

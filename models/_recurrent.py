@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from _common import Net, bias, glorot
+from pathlib import Path
+
+from _common import HERE, Net, bias, glorot
 
 HIDDEN, ROWS, COLS = 32, 8, 8
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 
 
-def build_recurrent(name: str, op_type: str, seed: int):
+def build_recurrent(name: str, op_type: str, seed: int, out_dir: Path = HERE) -> Path:
     """Build ``<name>.onnx`` around one forward ``op_type`` layer with hidden size 32."""
     net = Net(name, seed)
     gates = GATES[op_type]
@@ -28,4 +30,4 @@ def build_recurrent(name: str, op_type: str, seed: int):
     axes = net.param("squeeze_axes", np.array([0], dtype=np.int64))
     last = net.op("Squeeze", [y_h, axes])
     net.gemm(last, HIDDEN, 10, "fc", init="glorot", out="logits")
-    return net.save([("x", ["batch", ROWS, COLS])], [("logits", ["batch", 10])])
+    return net.save([("x", ["batch", ROWS, COLS])], [("logits", ["batch", 10])], out_dir)

@@ -23,11 +23,11 @@ MODELS = [
 ]
 
 
-def build_all() -> list[Path]:
-    """Run each builder script's ``build()``; returns the written paths."""
+def build_all(out_dir: Path = HERE) -> list[Path]:
+    """Run each builder script's ``build()`` into ``out_dir``; returns the written paths."""
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))  # the scripts import their helpers as top-level modules
-    return [importlib.import_module(name).build() for name in MODELS]
+    return [importlib.import_module(name).build(out_dir) for name in MODELS]
 
 
 if __name__ == "__main__":
