@@ -19,8 +19,10 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from projc.frontend import run_reference  # the frontend is the only module that uses onnx protos
 from projc.ir import CONST, ROLE_KEY, assign_roles, is_parameter, model_opset
 from projc.passes.base import Pass, PassResult, register_pass
+from projc.passes.infer_shapes import InferShapes
 
 # Ops whose outputs differ between runs: folding would freeze one sample.
 _RANDOM_OPS = frozenset({
@@ -101,8 +103,6 @@ def _fold_by_evaluation(node: ir.Node, ctx: _Context) -> list[np.ndarray] | None
     tensors = [_constant(v) for v in node.inputs]
     if any(t is None and v is not None for t, v in zip(tensors, node.inputs)):
         return None
-    from projc.frontend import run_reference  # the frontend is the only ONNX-proto user
-
     try:
         with warnings.catch_warnings():  # inf/nan from constant arithmetic is a valid result
             warnings.simplefilter("ignore")
@@ -119,29 +119,33 @@ _FOLDERS: dict[str, Folder] = {
 }
 
 
-def _too_large(node: ir.Node, limit: int) -> bool:
+def _size_limit(node: ir.Node, ctx: _Context) -> float:
+    # lifting a Constant moves data the file holds already
+    return math.inf if node.op_type == "Constant" else ctx.max_elements
+
+
+def _too_large(node: ir.Node, limit: float) -> bool:
     shapes = [_static_shape(o) for o in node.outputs]
     return any(s is not None and math.prod(s) > limit for s in shapes)
 
 
 def _foldable(node: ir.Node, ctx: _Context) -> bool:
-    has_subgraph = any(
-        a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()
-    )
+    graph_attrs = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+    has_subgraph = any(a.type in graph_attrs for a in node.attributes.values())
     return (
         node.domain == ""
         and node.op_type not in _RANDOM_OPS
         and not has_subgraph
-        and not _too_large(node, ctx.max_elements)
+        and not _too_large(node, _size_limit(node, ctx))
     )
 
 
-def _results_fit(node: ir.Node, arrays: list[np.ndarray], limit: int) -> bool:
+def _results_fit(node: ir.Node, arrays: list[np.ndarray], limit: float) -> bool:
     """Results must match the node's outputs in number, size limit and (when known) dtype."""
     if len(arrays) != len(node.outputs):
         return False
     for out, arr in zip(node.outputs, arrays):
-        if arr.size > limit or arr.dtype == object:
+        if arr.size > limit or arr.dtype.kind in "OUS":  # strings stay where they are
             return False
         if out.dtype is not None and ir.DataType.from_numpy(arr.dtype) != out.dtype:
             return False
@@ -169,10 +173,25 @@ def _fold_node(graph: ir.Graph, node: ir.Node, ctx: _Context) -> bool:
     if not _foldable(node, ctx):
         return False
     arrays = _FOLDERS.get(node.op_type, _fold_by_evaluation)(node, ctx)
-    if arrays is None or not _results_fit(node, arrays, ctx.max_elements):
+    if arrays is None or not _results_fit(node, arrays, _size_limit(node, ctx)):
         return False
     _replace(graph, node, arrays)
     return True
+
+
+def _sweep(graph: ir.Graph, ctx: _Context) -> bool:
+    modified = False
+    for node in list(graph):  # topological order: folded outputs feed later nodes
+        modified |= _fold_node(graph, node, ctx)
+    return modified
+
+
+def _waiting_for_shapes(graph: ir.Graph) -> bool:
+    """Whether a Shape or Size node would fold if its input's shape were known."""
+    return any(
+        node.op_type in ("Shape", "Size") and _static_shape(node.inputs[0]) is None
+        for node in graph
+    )
 
 
 @register_pass
@@ -183,16 +202,26 @@ class FoldConstants(Pass):
     Attributes:
         max_elements: nodes whose outputs have more elements than this stay in the graph,
             so folding never blows up the model file.
+        infer_shapes: after a sweep that folded something, while a Shape or Size node waits
+            for its input's shape, infer shapes and sweep again (exporters chain several
+            Shape -> Reshape -> Shape levels; one sweep per level).
+        max_rounds: the most such extra sweeps.
     """
 
     name = "fold-constants"
     max_elements: int = 1 << 20
+    infer_shapes: bool = True
+    max_rounds: int = 16
 
     def run(self, model: ir.Model) -> PassResult:
-        graph = model.graph
-        assign_roles(graph, keep_existing=True)  # parameters must be known before folding
+        assign_roles(model.graph, keep_existing=True)  # parameters must be known before folding
         ctx = _Context(model, self.max_elements)
-        modified = False
-        for node in list(graph):  # topological order: folded outputs feed later nodes
-            modified |= _fold_node(graph, node, ctx)
+        modified = _sweep(model.graph, ctx)
+        for _ in range(self.max_rounds if self.infer_shapes else 0):
+            if not _waiting_for_shapes(model.graph):
+                break
+            inferred = InferShapes()(model)  # in place
+            modified |= inferred.modified
+            if not (inferred.modified and _sweep(model.graph, ctx)):
+                break
         return PassResult(model, modified)

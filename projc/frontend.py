@@ -19,7 +19,9 @@ from projc.errors import ModelLoadError, ShapeError
 from projc.ir import assign_roles
 
 MIN_OPSET, MAX_OPSET = 7, 28
-IMPORT_PIPELINE = "canonicalize,infer-shapes,dce"
+# fold-constants infers shapes itself while Shape nodes wait for them; infer-shapes then
+# types what folding left, and dce drops the inputs of folded nodes.
+IMPORT_PIPELINE = "canonicalize,fold-constants,infer-shapes,dce"
 
 
 def read_model(path: str | os.PathLike) -> ir.Model:
@@ -120,7 +122,7 @@ def load_model(
     bind_dims(model, batch_size, dims, source=str(path))
     if pipeline:
         model = run_pipeline(model, pipeline).model
-    assign_roles(model.graph)
+    assign_roles(model.graph, keep_existing=True)  # constants made by folding stay constants
     return model
 
 
