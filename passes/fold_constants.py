@@ -111,8 +111,19 @@ def _fold_by_evaluation(node: ir.Node, ctx: _Context) -> list[np.ndarray] | None
         return None
 
 
+def _fold_constant_of_shape(node: ir.Node, ctx: _Context) -> list[np.ndarray] | None:
+    # common enough (weights of the onnx test zoo, zero states of exported RNNs) for a fast path
+    shape = _constant(node.inputs[0])
+    if shape is None:
+        return None
+    fill = node.attributes.get("value")
+    scalar = fill.value.numpy().reshape(-1)[0] if fill is not None else np.float32(0)
+    return [np.full(tuple(int(d) for d in shape.numpy()), scalar, dtype=np.asarray(scalar).dtype)]
+
+
 # op type -> folder; ops not listed fold by evaluation when all their inputs are constants
 _FOLDERS: dict[str, Folder] = {
+    "ConstantOfShape": _fold_constant_of_shape,
     "Constant": _fold_constant_node,
     "Shape": _fold_shape,
     "Size": _fold_size,

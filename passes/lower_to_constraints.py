@@ -17,12 +17,13 @@ import onnx_ir as ir
 from projc.constraints import Group, Program, Slot, Variable, VarKind, verify_program
 from projc.errors import ProjcError, UnsupportedOpError
 from projc.index_map import IndexMap, Reshape
-from projc.ir import is_parameter
+from projc.ir import is_parameter, model_opset
 from projc.passes.base import Pass, PassResult, register_pass
 from projc.passes.lowering_rules import ALTERNATIVES, RULES, Unsupported, view
-from projc.passes.lowering_values import Const, OpenSum, Ref
+from projc.passes.lowering_values import FAILED, Const, OpenSum, Ref
 
 HEAD_OPS = {"Softmax", "LogSoftmax", "ArgMax"}
+NONNEGATIVE_ACTS = {"relu", "sigmoid", "softplus", "step"}
 LOSSES = ("cross-entropy", "margin", "mse")
 
 
@@ -65,6 +66,15 @@ class Lowerer:
         if isinstance(x, OpenSum):
             return self.sum_act(x, "identity", {}, node, name=x.name or None)
         return x
+
+    def is_nonnegative(self, x) -> bool:
+        """Whether every entry of ``x`` is >= 0 by construction (the output of a ReLU, ...)."""
+        var = self.prog.variables[x.var]
+        group = self.prog.groups.get(var.producer) if var.producer else None
+        if group is None or group.kind != "sum_act":
+            return False
+        act = group.attrs["act"]
+        return act in NONNEGATIVE_ACTS or (act == "clip" and group.attrs["lo"] >= 0)
 
     def is_fixed(self, x) -> bool:
         return isinstance(x, Const) or self.prog.variables[x.var].kind in (VarKind.DATA, VarKind.LABEL)
@@ -151,18 +161,20 @@ def lower(model: ir.Model, *, loss: str = "cross-entropy", logits: str | None = 
     if missing:
         raise UnsupportedOpError(
             f"model {graph.name!r} cannot be lowered to constraints",
-            [(n.name, n.op_type + _hint(n.op_type), n.domain, 0) for n in missing],
+            [(n.name, n.op_type + _hint(n.op_type), n.domain, model_opset(model, n.domain)) for n in missing],
         )
     lw = Lowerer(model)
     problems = []
     for node in nodes:
-        try:
-            results = RULES[node.op_type](lw, node, [None if v is None else lw.env[v] for v in node.inputs])
-        except Unsupported as exc:
-            problems.append(f"  {node.name or '<unnamed>'}: {node.op_type}: {exc}")
-            for out in node.outputs:
-                lw.env[out] = Const(np.zeros(lw.shape_of(out), np.float32))  # keep going to report all
-            continue
+        inputs = [None if v is None else lw.env[v] for v in node.inputs]
+        if any(x is FAILED for x in inputs):
+            results = [FAILED] * len(node.outputs)  # downstream of a reported node: skip quietly
+        else:
+            try:
+                results = RULES[node.op_type](lw, node, inputs)
+            except Unsupported as exc:
+                problems.append(f"  {node.name or '<unnamed>'}: {node.op_type}: {exc}")
+                results = [FAILED] * len(node.outputs)  # keep going, to report every problem at once
         for out, res in zip(node.outputs, results):
             if isinstance(res, OpenSum):
                 res = dataclasses.replace(res, name=out.name)
@@ -182,6 +194,8 @@ def _hint(op: str) -> str:
 
 
 def _attach_loss(lw: Lowerer, x, value: ir.Value, loss: str) -> None:
+    if not isinstance(x, Const) and len(x.shape) > 2 and all(d == 1 for d in x.shape[2:]):
+        x = view(x, Reshape(tuple(x.shape[:2])))  # a conv classifier's [batch, classes, 1, 1]
     if isinstance(x, Const) or len(x.shape) != 2:
         raise ProjcError(f"logits {value.name!r} must be a [batch, classes] tensor computed from the input")
     bsz, classes = x.shape

@@ -7,6 +7,7 @@ ops return views (index maps) and create no constraint.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -45,10 +46,20 @@ def attr(node: ir.Node, name: str, default=None):
 # --- views -------------------------------------------------------------------------------------
 
 def view(x, *steps):
-    """Apply shape steps to a Ref (composing its map) or a Const (eagerly)."""
-    if isinstance(x, Const):
-        return Const(IndexMap(x.shape, tuple(steps)).apply(x.value))
-    return Ref(x.var, x.imap.then(*steps))
+    """Apply shape steps to a Ref (composing its map) or a Const (eagerly; broadcasts and
+    transposes keep size-1 axes, so a big constant operand is never materialised)."""
+    if not isinstance(x, Const):
+        return Ref(x.var, x.imap.then(*steps))
+    value, shape = x.value, x.shape
+    for step in steps:
+        if isinstance(step, Broadcast):
+            value = np.expand_dims(value, step.axis)
+        elif isinstance(step, Transpose):
+            value = np.transpose(value, step.perm)
+        else:
+            value = step.apply(np, np.broadcast_to(value, shape))
+        shape = tuple(step.out_shape(shape))
+    return Const(value, shape)
 
 
 def broadcast_to(x, shape: tuple[int, ...]):
@@ -87,7 +98,7 @@ def _identity(lw, node, inputs):
 def _terms(lw, x, out_shape, sign: float = 1.0):
     """(terms, offset) of ``sign * x`` broadcast to ``out_shape``."""
     if isinstance(x, Const):
-        return (), sign * np.broadcast_to(x.value, out_shape)
+        return (), sign * np.broadcast_to(x.value, out_shape)  # a compact constant broadcasts alike
     if sign != 1.0:
         raise Unsupported("subtracting a variable (only constants can be subtracted)")
     if isinstance(x, OpenSum):
@@ -109,6 +120,27 @@ def _sum(lw, node, a, b, sign_b):
 @rule("Add")
 def _add(lw, node, inputs):
     return [_sum(lw, node, inputs[0], inputs[1], 1.0)]
+
+
+@rule("Sum")
+def _nary_sum(lw, node, inputs):
+    total = inputs[0]
+    for x in inputs[1:]:
+        total = _sum(lw, node, total, x, 1.0)
+    return [total]
+
+
+@rule("Concat")
+def _concat(lw, node, inputs):
+    shape = lw.shape_of(node.outputs[0])
+    axis = attr(node, "axis") % len(shape)
+    parts = [lw.as_view(x, node) for x in inputs]
+    if all(isinstance(p, Const) for p in parts):
+        return [Const(np.concatenate([p.full() for p in parts], axis))]
+    if any(isinstance(p, Const) for p in parts):
+        raise Unsupported("concatenating a constant with a variable")
+    slots = [(f"a{i}", p) for i, p in enumerate(parts)]
+    return [lw.emit("concat", shape, slots, {"axis": axis}, node)]
 
 
 @rule("Sub")
@@ -174,28 +206,30 @@ def _gemm(lw, node, inputs):
     c = inputs[2]
     beta = attr(node, "beta", 1.0)
     if isinstance(c, Const):
-        c = Const(beta * c.value)
+        c = Const(beta * c.value, c.logical_shape)
     elif beta != 1.0:
         raise Unsupported("Gemm with beta != 1 on a learnable bias")
     return [_sum(lw, node, y, c, 1.0)]
 
 
-def conv_patch_indices(in_hw, kernel, strides, pads, dilations, channels):
-    """Flat indices into (C, H, W) for each (oh, ow, c*kh*kw) patch entry; -1 for padding."""
+@functools.lru_cache(maxsize=256)
+def window_indices(in_hw, kernel, strides, pads, dilations) -> np.ndarray:
+    """Flat indices into (H, W) for each (oh, ow, kh*kw) window entry; -1 for padding."""
     (h, w), (kh, kw), (sh, sw), (dh, dw) = in_hw, kernel, strides, dilations
     pt, pl, pb, pr = pads
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    rows = np.arange(oh)[:, None, None, None, None] * sh - pt + np.arange(kh)[None, None, None, :, None] * dh
-    cols = np.arange(ow)[None, :, None, None, None] * sw - pl + np.arange(kw)[None, None, None, None, :] * dw
-    chan = np.arange(channels)[None, None, :, None, None]
-    rows, cols, chan = np.broadcast_arrays(rows, cols, chan)
+    rows = np.arange(oh)[:, None, None, None] * sh - pt + np.arange(kh)[None, None, :, None] * dh
+    cols = np.arange(ow)[None, :, None, None] * sw - pl + np.arange(kw)[None, None, None, :] * dw
+    rows, cols = np.broadcast_arrays(rows, cols)
     valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    flat = np.where(valid, chan * h * w + rows * w + cols, -1)
-    return flat.reshape(oh, ow, channels * kh * kw)
+    flat = np.where(valid, rows * w + cols, -1).reshape(oh, ow, kh * kw)
+    flat.setflags(write=False)  # shared through the cache
+    return flat
 
 
 def _windows(node, x_shape, kernel):
+    """(OH, OW, kh*kw) window indices of a 2-D conv/pool node over an (N, C, H, W) input."""
     nd = len(kernel)
     strides = tuple(attr(node, "strides", None) or [1] * nd)
     dilations = tuple(attr(node, "dilations", None) or [1] * nd)
@@ -203,7 +237,16 @@ def _windows(node, x_shape, kernel):
     auto_pad = attr(node, "auto_pad", "NOTSET")
     if nd != 2 or auto_pad not in ("NOTSET", "VALID"):
         raise Unsupported(f"{nd}-D windows or auto_pad={auto_pad} (2-D with explicit pads so far)")
-    return conv_patch_indices(x_shape[2:], kernel, strides, (pads[0], pads[1], pads[2], pads[3]), dilations, x_shape[1])
+    return window_indices(tuple(x_shape[2:]), tuple(kernel), strides, (pads[0], pads[1], pads[2], pads[3]), dilations)
+
+
+def _patches(x, idx):
+    """x (N, C, H, W) -> (N, OH, OW, C*kh*kw) patches; a 1x1 stride-1 window is a transpose."""
+    bsz, c, h, w = x.shape
+    oh, ow, kk = idx.shape
+    if kk == 1 and idx.shape[:2] == (h, w) and (idx.reshape(-1) == np.arange(h * w)).all():
+        return view(x, Transpose((0, 2, 3, 1)))
+    return view(x, Reshape((bsz, c, h * w)), Take(2, idx), Transpose((0, 2, 3, 1, 4)), Reshape((bsz, oh, ow, c * kk)))
 
 
 @rule("Conv")
@@ -211,12 +254,13 @@ def _conv(lw, node, inputs):
     x, w = (lw.as_view(v, node) for v in inputs[:2])
     if attr(node, "group", 1) != 1:
         raise Unsupported("grouped convolution (group > 1)")
-    bsz, c = x.shape[:2]
+    bsz = x.shape[0]
     oc, _, kh, kw = w.shape
-    idx = _windows(node, x.shape, (kh, kw))  # (OH, OW, K)
-    oh, ow, k = idx.shape
-    x_op = view(x, Reshape((bsz, c * x.shape[2] * x.shape[3])), Take(1, idx), Broadcast(1, oc))
-    w_op = view(w, Reshape((oc, k)), Broadcast(1, oh), Broadcast(2, ow), Broadcast(0, bsz))
+    idx = _windows(node, x.shape, (kh, kw))  # (OH, OW, kh*kw)
+    oh, ow, _ = idx.shape
+    x_op = view(_patches(x, idx), Broadcast(1, oc))  # (N, OC, OH, OW, K)
+    # patches are ordered (c, kh, kw), as the weight's trailing axes
+    w_op = view(w, Reshape((oc, int(np.prod(w.shape[1:])))), Broadcast(1, oh), Broadcast(2, ow), Broadcast(0, bsz))
     has_bias = len(inputs) > 2 and inputs[2] is not None
     y = lw.bilinear(node, x_op, w_op, (bsz, oc, oh, ow), pre=has_bias)
     if not has_bias:
@@ -229,7 +273,7 @@ def _conv(lw, node, inputs):
 def _pool_operand(lw, node, x, kernel):
     x = lw.as_view(x, node)
     bsz, c, h, w = x.shape
-    idx = _windows(node, (1, 1, h, w), kernel)
+    idx = _windows(node, x.shape, kernel)
     return view(x, Reshape((bsz, c, h * w)), Take(2, idx)), idx
 
 
@@ -238,8 +282,9 @@ def _maxpool(lw, node, inputs):
     if len(node.outputs) > 1 and node.outputs[1].uses():
         raise Unsupported("MaxPool's Indices output")
     operand, idx = _pool_operand(lw, node, inputs[0], tuple(attr(node, "kernel_shape")))
-    if (idx < 0).any():
-        raise Unsupported("padded MaxPool (padding must read -inf, not a copy)")
+    if (idx < 0).any() and not lw.is_nonnegative(operand):
+        # a zero read by the padding is harmless only when every real entry is >= 0
+        raise Unsupported("padded MaxPool of a value that can be negative (padding must read -inf)")
     return [lw.emit("max", operand.shape[:-1], [("a", operand)], {}, node)]
 
 
@@ -271,16 +316,39 @@ def _global_avgpool(lw, node, inputs):
 
 @rule("BatchNormalization")
 def _batchnorm(lw, node, inputs):
+    """Inference form: a fixed per-channel affine map, then the learnable scale and shift."""
     x = lw.as_view(inputs[0], node)
     scale, bias, mean, var = inputs[1:5]
-    if not all(isinstance(v, Const) for v in (scale, bias, mean, var)):
-        raise Unsupported("BatchNormalization with learnable scale/bias (fold it into the conv first)")
-    s = scale.value / np.sqrt(var.value + attr(node, "epsilon", 1e-5))
-    t = bias.value - mean.value * s
+    if not all(isinstance(v, Const) for v in (mean, var)):
+        raise Unsupported("BatchNormalization whose running statistics are not constants")
     tail = (1,) * (len(x.shape) - 2)
-    y = lw.linear(node, view(x, Reshape((*x.shape, 1))), s.reshape(-1, *tail, 1).astype(np.float32),
-                  t.reshape(-1, *tail).astype(np.float32))
+    inv = 1.0 / np.sqrt(var.full() + attr(node, "epsilon", 1e-5))
+    s, t = inv, -mean.full() * inv
+    if isinstance(scale, Const):
+        s, t = s * scale.full(), t * scale.full()
+    if isinstance(bias, Const):
+        t = t + bias.full()
+    per_channel = lambda a: np.asarray(a, np.float32).reshape(-1, *tail)
+    learnable = not (isinstance(scale, Const) and isinstance(bias, Const))
+    y = lw.linear(node, view(x, Reshape((*x.shape, 1))), per_channel(s)[..., None], per_channel(t),
+                  name=f"{node.outputs[0].name}.norm" if learnable else None)
+    if not isinstance(scale, Const):
+        gamma = broadcast_to(view(scale, Reshape((scale.shape[0], *tail))), x.shape)
+        y = lw.emit("mul", x.shape, [("a", y), ("b", gamma)], {}, node,
+                    name=f"{node.outputs[0].name}.scaled" if not isinstance(bias, Const) else None)
+    if not isinstance(bias, Const):
+        beta = broadcast_to(view(bias, Reshape((bias.shape[0], *tail))), x.shape)
+        return [OpenSum((y, beta), np.zeros(()), (node.name,))]
     return [y]
+
+
+@rule("ConstantOfShape")
+def _constant_of_shape(lw, node, inputs):
+    if not isinstance(inputs[0], Const):
+        raise Unsupported("ConstantOfShape of a run-time shape")
+    fill = attr(node, "value")
+    scalar = fill.numpy().reshape(-1)[0] if fill is not None else np.float32(0)
+    return [Const(np.asarray(scalar).reshape((1,) * inputs[0].full().size), tuple(int(d) for d in inputs[0].full()))]
 
 
 @rule("Mul")
@@ -288,10 +356,12 @@ def _mul(lw, node, inputs):
     a, b = inputs
     shape = lw.shape_of(node.outputs[0])
     if isinstance(a, Const) and isinstance(b, Const):
-        return [Const(a.value * b.value)]
+        return [Const(a.full() * b.full())]
     if isinstance(a, Const) or isinstance(b, Const):
         c, x = (a, b) if isinstance(a, Const) else (b, a)
         x = broadcast_to(lw.as_view(x, node), shape)
-        return [lw.linear(node, view(x, Reshape((*shape, 1))), np.broadcast_to(c.value, shape)[..., None].astype(np.float32))]
+        coef = np.asarray(c.value, np.float32)
+        coef = coef.reshape((1,) * (len(shape) - coef.ndim) + coef.shape)[..., None]  # stays compact
+        return [lw.linear(node, view(x, Reshape((*shape, 1))), coef)]
     a, b = (broadcast_to(lw.as_view(v, node), shape) for v in (a, b))
     return [lw.emit("mul", shape, [("a", a), ("b", b)], {}, node)]

@@ -23,13 +23,25 @@ class Ref:
 
 @dataclasses.dataclass(frozen=True)
 class Const:
-    """A tensor known when the program is compiled (a constant initializer)."""
+    """A tensor known when the program is compiled (a constant initializer).
+
+    ``value`` may hold size-1 axes where the logical ``shape`` broadcasts, so that a constant
+    operand of a big group (a fixed conv kernel read by every sample) is never materialised.
+    """
 
     value: np.ndarray
+    logical_shape: tuple[int, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape)
+        return tuple(self.logical_shape if self.logical_shape is not None else self.value.shape)
+
+    def full(self) -> np.ndarray:
+        """The value at its logical shape (materialised)."""
+        return np.broadcast_to(self.value, self.shape)
+
+
+FAILED = object()  # the value of a node that could not be lowered (reported, not used)
 
 
 @dataclasses.dataclass(frozen=True)

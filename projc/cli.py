@@ -39,7 +39,7 @@ class Format(str, Enum):
 SCHEMA_VERSION = 1
 
 ModelArg = typer.Argument(..., help="An ONNX model file.", show_default=False)
-BatchOpt = typer.Option(None, "--batch-size", "-b", help="Size of a dynamic batch dimension.")
+BatchOpt = typer.Option(None, "--batch-size", "-b", help="Size of a dynamic batch dimension [default: 256].")
 DimOpt = typer.Option(None, "--dim", help="Size of another dynamic dimension, NAME=SIZE (repeatable).")
 FormatOpt = typer.Option(Format.text, "--format", "-f", help="Output format.")
 
@@ -58,33 +58,55 @@ def _emit_json(kind: str, payload: dict) -> None:
     out.print_json(json.dumps({"schema": f"projc.{kind}", "version": SCHEMA_VERSION, **payload}))
 
 
-@app.command()
-def inspect(
-    model: Path = ModelArg,
-    ir: bool = typer.Option(False, "--ir", help="Print the network IR after the import pipeline."),
-    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", help="Passes to run at import (comma-separated)."),
-    batch_size: Optional[int] = BatchOpt,
-    dim: Optional[list[str]] = DimOpt,
-    format: Format = FormatOpt,
-) -> None:
-    """Show what projc makes of a model: its inputs, parameters and IR."""
-    from projc.frontend import IMPORT_PIPELINE, load_model
-    from projc.ir import CONST, PARAM, ROLE_KEY, format_model, format_type
+class InspectFormat(str, Enum):
+    text = "text"
+    json = "json"
+    dot = "dot"
 
-    m = load_model(model, batch_size=batch_size or 1, dims=_parse_dims(dim), pipeline=pipeline or IMPORT_PIPELINE)
-    if ir:
-        text = format_model(m)
-        if format == Format.json:
-            _emit_json("ir", {"model": str(model), "ir": text})
-        else:
-            sys.stdout.write(text)
+
+TWO_SET_ALGORITHMS = ("dr", "ap", "dm", "ar")
+ALGORITHMS = TWO_SET_ALGORITHMS + ("cp", "cdr")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _emit_dot(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        sys.stdout.write(text)
         return
+    if output.suffix == ".svg":
+        import shutil
+        import subprocess
+
+        if shutil.which("dot") is None:
+            raise ProjcError(f"{output}: rendering SVG needs Graphviz's `dot` on PATH; write a .dot file instead")
+        svg = subprocess.run(["dot", "-Tsvg"], input=text, capture_output=True, text=True, check=True).stdout
+        _write_atomic(output, svg)
+    else:
+        _write_atomic(output, text)
+    err.print(f"wrote {output}")
+
+
+def _model_summary(m, model: Path) -> dict:
+    from projc.ir import CONST, PARAM, ROLE_KEY, format_type
+
     graph = m.graph
     params = [v for v in graph.initializers.values() if v.meta.get(ROLE_KEY) == PARAM]
     ops: dict[str, int] = {}
-    for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
+    for node in graph:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    summary = {
+    return {
         "model": str(model),
         "inputs": {v.name: format_type(v) for v in graph.inputs if v.name not in graph.initializers},
         "outputs": {v.name: format_type(v) for v in graph.outputs},
@@ -93,19 +115,110 @@ def inspect(
         "constants": sum(v.meta.get(ROLE_KEY) == CONST for v in graph.initializers.values()),
         "ops": dict(sorted(ops.items())),
     }
-    if format == Format.json:
-        _emit_json("inspect", summary)
-        return
-    table = Table(title=f"{model}", show_header=True)
-    table.add_column("kind")
-    table.add_column("name")
-    table.add_column("type")
+
+
+def _print_summary(summary: dict, title: str) -> None:
+    table = Table(title=title, show_header=True)
+    for col in ("kind", "name", "type"):
+        table.add_column(col)
     for kind in ("inputs", "outputs", "parameters"):
         for name, typ in summary[kind].items():
             table.add_row(kind[:-1], name, typ)
     out.print(table)
     out.print(f"{summary['parameter_count']:,} trainable parameters, {summary['constants']} constants; "
-              "ops: " + ", ".join(f"{k} x{v}" for k, v in summary["ops"].items()))
+              "ops: " + ", ".join(f"{k} x{v}" for k, v in summary["ops"].items()), highlight=False)
+
+
+def _print_schedule(sched) -> None:
+    from projc.schedule_report import human, schedule_dict
+
+    data = schedule_dict(sched, "")
+    table = Table(title=f"schedule: {len(data['blocks'])} blocks", show_header=True)
+    for col, just in (("block", "right"), ("kind", "left"), ("groups", "left"), ("constraints", "right"),
+                      ("copies", "right"), ("from ONNX nodes", "left")):
+        table.add_column(col, justify=just)
+    for b in data["blocks"]:
+        for k in b["kernels"]:
+            groups = ", ".join(k["groups"][:4]) + (f" +{len(k['groups']) - 4}" if len(k["groups"]) > 4 else "")
+            origin = ", ".join(k["origin"][:3]) + (" ..." if len(k["origin"]) > 3 else "")
+            table.add_row("AB"[b["index"]] if len(data["blocks"]) == 2 else str(b["index"]), k["kind"], groups,
+                          f"{k['constraints']:,}", f"{k['floats']:,}", origin)
+    out.print(table)
+    c = data["cost"]
+    out.print(
+        f"state {c['state_floats']:,} floats ({human(c['state_bytes'], 'B')}); per iteration "
+        f"{human(c['flops_per_iteration'], 'FLOP')}, {human(c['bytes_per_iteration'], 'B')} moved; "
+        f"{c['scalar_constraints']:,} scalar constraints, parallel width {c['parallel_width']:,}",
+        highlight=False,
+    )
+
+
+def build_schedule(m, loss: str, algorithm: str, logits: Optional[str]):
+    """Lower, bipartize when the algorithm needs two sets, and schedule."""
+    from projc.passes.bipartize import bipartize
+    from projc.passes.lower_to_constraints import lower
+    from projc.passes.schedule_blocks import schedule
+
+    if algorithm not in ALGORITHMS:
+        raise ProjcError(f"--algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    prog = lower(m, loss=loss, logits=logits)
+    two_sets = algorithm in TWO_SET_ALGORITHMS
+    if two_sets:
+        bipartize(prog)
+    return schedule(prog, two_sets=two_sets)
+
+
+@app.command()
+def inspect(
+    model: Path = ModelArg,
+    ir: bool = typer.Option(False, "--ir", help="Print the network IR after the import pipeline."),
+    constraints: bool = typer.Option(False, "--constraints", help="Print the constraint IR after lowering."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", help="Passes to run at import (comma-separated)."),
+    batch_size: Optional[int] = BatchOpt,
+    dim: Optional[list[str]] = DimOpt,
+    loss: str = typer.Option("cross-entropy", "--loss", help="cross-entropy, margin or mse."),
+    algorithm: str = typer.Option("dr", "--algorithm", help="dr, ap, dm, ar (two sets) or cp, cdr (cyclic)."),
+    logits: Optional[str] = typer.Option(None, "--logits", help="The value the loss acts on (default: the output, head stripped)."),
+    format: InspectFormat = typer.Option(InspectFormat.text, "--format", "-f", help="text, json or dot."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write json/dot here (.svg renders with Graphviz)."),
+) -> None:
+    """Show what projc makes of a model: the constraint schedule (blocks, kernels, costs), its IRs."""
+    from projc.constraints import format_program
+    from projc.frontend import IMPORT_PIPELINE, load_model
+    from projc.ir import format_model
+    from projc.schedule_report import schedule_dict, schedule_dot
+
+    m = load_model(model, batch_size=batch_size or 256, dims=_parse_dims(dim), pipeline=pipeline or IMPORT_PIPELINE)
+    if ir:
+        text = format_model(m)
+        if format == InspectFormat.json:
+            _emit_json("ir", {"model": str(model), "ir": text})
+        else:
+            sys.stdout.write(text)
+        return
+    summary = _model_summary(m, model)
+    try:
+        sched = build_schedule(m, loss, algorithm, logits)
+    except ProjcError as exc:
+        if constraints or format != InspectFormat.text:
+            raise
+        _print_summary(summary, str(model))
+        out.print(f"[yellow]not trainable yet:[/] {escape(str(exc))}")
+        return
+    if constraints:
+        from projc.constraints import format_program
+
+        sys.stdout.write(format_program(sched.program))
+        return
+    if format == InspectFormat.json:
+        text = json.dumps({**schedule_dict(sched, str(model)), "network": summary}, indent=1)
+        _emit_dot(text + "\n", output) if output else out.print_json(text)
+        return
+    if format == InspectFormat.dot:
+        _emit_dot(schedule_dot(sched), output)
+        return
+    _print_summary(summary, str(model))
+    _print_schedule(sched)
 
 
 @app.command(name="eval")

@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "sum_act": ("x",),  # out = act(sum_k x_k + d); slots x0, x1, ...
     "max": ("a",),  # out = max(a, -1)
     "identity": ("a",),  # out = a (inserted by bipartization)
+    "concat": ("a",),  # out = concatenate(a0, a1, ..., axis): an identity on each part
     "loss": ("v",),  # the logits, moved by the loss's prox / projection
 }
 
@@ -169,7 +170,7 @@ def verify_program(prog: Program) -> None:
             if tuple(s.imap.src_shape) != tuple(var.shape):
                 raise ConstraintVerificationError(
                     f"{g.name}.{s.role}: map reads shape {s.imap.src_shape}, %{s.var} is {var.shape}")
-            if tuple(s.shape[: len(g.shape)]) != tuple(g.shape):
+            if g.kind != "concat" and tuple(s.shape[: len(g.shape)]) != tuple(g.shape):
                 raise ConstraintVerificationError(
                     f"{g.name}.{s.role}: operand {s.shape} does not start with the group shape {g.shape}")
         if g.out is not None:

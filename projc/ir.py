@@ -31,6 +31,10 @@ def _is_float(dtype: ir.DataType | None) -> bool:
 
 
 _LAYER_OPS = {"Gemm", "MatMul", "Conv", "ConvTranspose", "LSTM", "GRU", "RNN"}
+# Weight slots of layer ops: a floating tensor here is a weight however it was made (the onnx
+# test zoo's "light" models build theirs with ConstantOfShape, which fold-constants folds).
+_WEIGHT_SLOTS = {("Gemm", 1), ("MatMul", 1), ("Conv", 1), ("ConvTranspose", 1),
+                 ("LSTM", 1), ("LSTM", 2), ("GRU", 1), ("GRU", 2), ("RNN", 1), ("RNN", 2)}
 
 
 def _learnable_use(use) -> bool:
@@ -46,7 +50,8 @@ def assign_roles(graph: ir.Graph, keep_existing: bool = False) -> None:
     ``fold-constants`` stay constants even when they look like weights).
     """
     for value in graph.initializers.values():
-        if keep_existing and ROLE_KEY in value.meta:
+        weight = _is_float(value.dtype) and any((u.node.op_type, u.idx) in _WEIGHT_SLOTS for u in value.uses())
+        if keep_existing and ROLE_KEY in value.meta and not weight:
             continue
         uses = [u for u in value.uses() if _learnable_use(u)]
         learnable = _is_float(value.dtype) and value.const_value is not None and bool(uses)

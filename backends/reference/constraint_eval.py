@@ -46,6 +46,7 @@ FORWARD = {
     "sum_act": _sum_act,
     "max": lambda g, ops: np.max(ops["a"], axis=-1),
     "identity": lambda g, ops: ops["a"],
+    "concat": lambda g, ops: np.concatenate([ops[f"a{i}"] for i in range(len(ops))], g.attrs["axis"]),
 }
 
 

@@ -1,0 +1,52 @@
+"""`projc inspect`: the schedule as text, JSON (versioned) and DOT; the IRs before and after lowering."""
+
+import json
+from pathlib import Path
+
+from test_errors import run_cli
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_inspect_text_shows_blocks_and_costs(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "cnn_digits.onnx"), "-b", "16")
+    assert code in (0, None), err
+    assert "schedule: 2 blocks" in out
+    for needle in ("dot", "sum_act", "max", "param", "Conv_2", "state", "FLOP", "parallel width"):
+        assert needle in out
+
+
+def test_inspect_json_has_versioned_schema(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "mlp_digits.onnx"), "-f", "json", "-b", "8")
+    assert code in (0, None), err
+    data = json.loads(out)
+    assert data["schema"] == "projc.schedule" and data["version"] == 1
+    assert data["batch_size"] == 8 and data["cost"]["blocks"] == 2
+    assert data["groups"]["loss"]["block"] == 0
+    kinds = {k["kind"] for b in data["blocks"] for k in b["kernels"]}
+    assert {"dot", "linear", "sum_act", "loss", "param"} <= kinds
+    assert data["network"]["parameter_count"] == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_inspect_dot_writes_file_atomically(monkeypatch, capsys, tmp_path):
+    target = tmp_path / "s.dot"
+    code, _, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "mlp_digits.onnx"), "-f", "dot", "-o", str(target))
+    assert code in (0, None), err
+    text = target.read_text()
+    assert text.startswith("graph schedule {") and "fillcolor" in text and text.rstrip().endswith("}")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_inspect_constraints_and_ir(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "mlp_digits.onnx"), "--constraints", "-b", "4")
+    assert code in (0, None)
+    assert out.startswith("program mlp_digits (batch 4") and "dot[4,10]" in out and "loss[4]" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "mlp_digits.onnx"), "--ir", "-b", "4")
+    assert "Gemm(" in out and "float32[4,64]" in out
+
+
+def test_inspect_reports_every_unloweable_node(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "lstm_digits.onnx"), "--constraints")
+    assert code == 2 and "LSTM" in err and "no lowering rule" in err and "Traceback" not in err
+    code, out, _ = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "lstm_digits.onnx"))
+    assert code in (0, None) and "not trainable yet" in out
