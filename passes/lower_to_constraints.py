@@ -19,6 +19,7 @@ from projc.errors import ProjcError, UnsupportedOpError
 from projc.index_map import IndexMap, Reshape
 from projc.ir import is_parameter, model_opset
 from projc.passes.base import Pass, PassResult, register_pass
+from projc.passes import lowering_recurrent  # noqa: F401  (registers RNN, GRU, LSTM)
 from projc.passes.lowering_rules import ALTERNATIVES, RULES, Unsupported, view
 from projc.passes.lowering_values import FAILED, Const, OpenSum, Ref
 
@@ -39,6 +40,7 @@ class Lowerer:
         batch = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else 1
         self.prog = Program(graph.name or "model", int(batch))
         self.env: dict[ir.Value, object] = {}
+        self._materialized: dict[tuple, Ref] = {}
         for v in graph.inputs:
             if v.name not in graph.initializers:
                 self.env[v] = self._leaf(v, VarKind.DATA)
@@ -64,7 +66,13 @@ class Lowerer:
     def as_view(self, x, node: ir.Node):
         """A Ref or Const; an open sum gets its own variable first."""
         if isinstance(x, OpenSum):
-            return self.sum_act(x, "identity", {}, node, name=x.name or None)
+            key = (x.terms, x.name)
+            if key not in self._materialized:  # one variable per sum, however many readers
+                ref = self.sum_act(x, "identity", {}, node, name=x.name or None)
+                self._materialized[key] = ref
+                if x.name:
+                    self.prog.views[x.name] = (ref.var, ref.imap)
+            return self._materialized[key]
         return x
 
     def is_nonnegative(self, x) -> bool:
@@ -79,11 +87,18 @@ class Lowerer:
     def is_fixed(self, x) -> bool:
         return isinstance(x, Const) or self.prog.variables[x.var].kind in (VarKind.DATA, VarKind.LABEL)
 
-    def emit(self, kind, shape, slots, attrs, node, name=None, copies=None, origin=None) -> Ref:
-        """Add a group producing a new variable; return a Ref to it."""
-        out = self.var_name(name or node.outputs[0].name)
+    def declare(self, name: str, shape) -> Ref:
+        """A hidden variable whose producer comes later (a recurrent state read before the
+        group that produces it is emitted)."""
+        out = self.var_name(name)
+        self.prog.add_variable(Variable(out, tuple(int(d) for d in shape), VarKind.HIDDEN))
+        return Ref(out, IndexMap(tuple(int(d) for d in shape)))
+
+    def emit(self, kind, shape, slots, attrs, node, name=None, copies=None, origin=None, out=None) -> Ref:
+        """Add a group producing a new variable (or the declared ``out``); return a Ref to it."""
         shape = tuple(int(d) for d in shape)
-        self.prog.add_variable(Variable(out, shape, VarKind.HIDDEN))
+        if out is None:
+            out = self.declare(name or node.outputs[0].name, shape).var
         made = [
             Slot(role, ref.var, ref.imap, copy=True if copies is None else copies[i])
             for i, (role, ref) in enumerate(slots)
@@ -93,7 +108,7 @@ class Lowerer:
         self.prog.add_group(Group(gname, kind, shape, made, out, attrs, tuple(origin)))
         return Ref(out, IndexMap(shape))
 
-    def sum_act(self, x, act, params, node, name=None) -> Ref:
+    def sum_act(self, x, act, params, node, name=None, out=None) -> Ref:
         if isinstance(x, Const):
             raise Unsupported("an activation of a constant (fold constants first)")
         if isinstance(x, OpenSum):
@@ -105,7 +120,7 @@ class Lowerer:
         if np.any(offset != 0):
             attrs["d"] = np.asarray(offset, np.float32)
         slots = [(f"x{i}", t) for i, t in enumerate(terms)]
-        return self.emit("sum_act", terms[0].shape, slots, attrs, node, name=name, origin=origin)
+        return self.emit("sum_act", terms[0].shape, slots, attrs, node, name=name, origin=origin, out=out)
 
     def linear(self, node, x_op: Ref, coef, offset=None, name=None) -> Ref:
         attrs = {"c": np.asarray(coef, np.float32)}
@@ -181,6 +196,8 @@ def lower(model: ir.Model, *, loss: str = "cross-entropy", logits: str | None = 
                 if len(out.uses()) > 1:  # fuse a sum into its activation only when it is the sole reader
                     res = lw.as_view(res, node)
             lw.env[out] = res
+            if isinstance(res, Ref):
+                lw.prog.views[out.name] = (res.var, res.imap)
     if problems:
         raise ProjcError("cannot lower these nodes to constraints:\n" + "\n".join(problems))
     _attach_loss(lw, lw.as_view(lw.env[target], target.producer()), target, loss)

@@ -97,6 +97,8 @@ class Program:
     batch_size: int
     variables: dict[str, Variable] = dataclasses.field(default_factory=dict)
     groups: dict[str, Group] = dataclasses.field(default_factory=dict)
+    # network value name -> (variable, index map): where each lowered ONNX value lives
+    views: dict[str, tuple[str, IndexMap]] = dataclasses.field(default_factory=dict)
 
     def add_variable(self, var: Variable) -> Variable:
         if var.name in self.variables:

@@ -65,18 +65,21 @@ def bind_dims(
 ) -> None:
     """Make every graph input shape static.
 
-    The leading dimension of the first input is the batch: if it is dynamic, it (and every
-    other dimension with the same symbolic name) takes ``batch_size``. Other dynamic
+    The first dynamic dimension of the first input is the batch: it (and every other
+    dimension with the same symbolic name) takes ``batch_size``. Other dynamic
     dimensions must be named in ``dims``; otherwise the error names the input and dimension.
     """
     dims = dict(dims or {})
     graph = model.graph
     inputs = [v for v in graph.inputs if v.name not in graph.initializers]
-    batch_name = None
-    if inputs and inputs[0].shape is not None and len(inputs[0].shape) > 0:
-        lead = inputs[0].shape[0]
-        if not isinstance(lead, int):
-            batch_name = lead.value or "<unnamed>"
+    # the batch is the first dynamic dimension of the first input (dim 0, or dim 1 for the
+    # sequence-major inputs of recurrent models); other inputs share it by name
+    batch_name, batch_pos = None, None
+    if inputs and inputs[0].shape is not None:
+        for i, d in enumerate(inputs[0].shape):
+            if not isinstance(d, int):
+                batch_name, batch_pos = d.value or "<unnamed>", i
+                break
     for value in inputs:
         if value.shape is None:
             raise ShapeError(f"{source}: input {value.name!r} has no shape; projc needs static shapes")
@@ -88,11 +91,11 @@ def bind_dims(
             name = d.value
             if name is not None and name in dims:
                 new.append(int(dims[name]))
-            elif batch_size is not None and (name == batch_name or (name is None and i == 0)):
+            elif batch_size is not None and (name == batch_name or (name is None and i == batch_pos)):
                 new.append(int(batch_size))
             else:
                 label = f"{name!r}" if name else "(unnamed)"
-                hint = "--batch-size N" if i == 0 else f"--dim {name or 'NAME'}=SIZE"
+                hint = "--batch-size N" if i == batch_pos else f"--dim {name or 'NAME'}=SIZE"
                 raise ShapeError(
                     f"{source}: input {value.name!r} dimension {i} {label} is dynamic; give its size with {hint}"
                 )

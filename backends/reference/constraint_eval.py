@@ -50,19 +50,26 @@ FORWARD = {
 }
 
 
-def evaluate_program(prog: Program, leaves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every variable's value, computed forward from ``leaves`` (data and parameters by name)."""
+def evaluate_program(prog: Program, leaves: Mapping[str, np.ndarray], max_sweeps: int = 10_000) -> dict[str, np.ndarray]:
+    """Every variable's value, computed forward from ``leaves`` (data and parameters by name).
+
+    Groups stacked over time read their own variable shifted by one step, so the program is
+    evaluated by sweeps from zero until nothing changes (a causal recurrence of length T
+    settles after at most T + 1 sweeps).
+    """
     values = {k: np.asarray(v, np.float64) for k, v in leaves.items()}
-    pending = [g for g in prog.groups.values() if g.out is not None]
-    while pending:
-        ready = [g for g in pending if all(s.var in values for s in g.slots)]
-        if not ready:
-            raise ValueError("constraint program has a cycle or an undefined input: "
-                             + ", ".join(g.name for g in pending))
-        for g in ready:
-            values[g.out] = FORWARD[g.kind](g, _operands(g, values))
-        pending = [g for g in pending if g not in ready]
-    return values
+    for v in prog.variables.values():
+        values.setdefault(v.name, np.zeros(v.shape))
+    producing = [g for g in prog.groups.values() if g.out is not None]
+    for _ in range(max_sweeps):
+        changed = False
+        for g in producing:
+            new = FORWARD[g.kind](g, _operands(g, values))
+            if not np.array_equal(new, values[g.out]):
+                values[g.out], changed = new, True
+        if not changed:
+            return values
+    raise ValueError("constraint program did not settle: it has a non-causal cycle")
 
 
 def residuals(prog: Program, values: Mapping[str, np.ndarray]) -> dict[str, float]:

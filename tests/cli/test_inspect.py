@@ -45,8 +45,28 @@ def test_inspect_constraints_and_ir(monkeypatch, capsys):
     assert "Gemm(" in out and "float32[4,64]" in out
 
 
-def test_inspect_reports_every_unloweable_node(monkeypatch, capsys):
-    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "lstm_digits.onnx"), "--constraints")
-    assert code == 2 and "LSTM" in err and "no lowering rule" in err and "Traceback" not in err
-    code, out, _ = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "lstm_digits.onnx"))
+def test_inspect_reports_every_unloweable_node(monkeypatch, capsys, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"),
+             helper.make_node("Softsign", ["h"], ["a"], name="soft"),
+             helper.make_node("Elu", ["a"], ["logits"], name="elu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    path = tmp_path / "acts.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(path), "--constraints")
+    assert code == 2 and "Traceback" not in err
+    for needle in ("soft: Softsign", "nearest supported: Tanh", "elu: Elu", "2 node(s)"):
+        assert needle in err
+    code, out, _ = run_cli(monkeypatch, capsys, "inspect", str(path))
     assert code in (0, None) and "not trainable yet" in out
+
+
+def test_inspect_lstm_schedule(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "inspect", str(MODELS / "lstm_digits.onnx"), "-b", "4")
+    assert code in (0, None), err
+    assert "schedule: 2 blocks" in out and "mul" in out and "LSTM" in out
