@@ -113,7 +113,7 @@ class Lowerer:
             raise Unsupported("an activation of a constant (fold constants first)")
         if isinstance(x, OpenSum):
             terms, offset = x.terms, x.offset
-            origin = (*x.origin, node.name) if act != "identity" else x.origin
+            origin = tuple(dict.fromkeys((*x.origin, node.name) if act != "identity" else x.origin))
         else:
             terms, offset, origin = (x,), np.zeros(()), None
         attrs = {"act": act, **params}
@@ -149,7 +149,9 @@ def _logits_value(graph: ir.Graph, logits: str | None) -> ir.Value:
                 if out.name == logits:
                     return out
         raise ProjcError(f"--logits {logits!r}: no value of that name in the model")
-    value = graph.outputs[0]
+    # the first floating output (skl2onnx puts the integer label first), its head stripped
+    floats = [v for v in graph.outputs if v.dtype is not None and v.dtype.is_floating_point()]
+    value = (floats or list(graph.outputs))[0]
     while value.producer() is not None and value.producer().op_type in HEAD_OPS:
         value = value.producer().inputs[0]
     return value

@@ -91,11 +91,23 @@ class Take:
         return xp.take(padded, np.where(idx < 0, x.shape[self.axis], idx), axis=self.axis)
 
     def __str__(self):
-        pad = ", pad" if (np.asarray(self.indices) < 0).any() else ""
-        return f"take({self.axis}, {list(self.indices.shape)}{pad})"
+        idx = np.asarray(self.indices)
+        if idx.ndim == 1 and idx.size > 1:
+            body, pads = idx[idx >= 0], int((idx < 0).sum())
+            if body.size and (np.diff(body) == 1).all() and (idx[: pads] < 0).all():
+                # a contiguous range, possibly shifted in from zeros (a recurrent read of t-1)
+                zeros = f"{pads} zero, " if pads else ""
+                return f"take({self.axis}, {zeros}{body[0]}:{body[-1] + 1})"
+        pad = ", pad" if (idx < 0).any() else ""
+        return f"take({self.axis}, {list(idx.shape)}{pad})"
 
 
 Step = Reshape | Transpose | Broadcast | Take
+
+
+def _is_full_range(step: Take, shape: tuple[int, ...]) -> bool:
+    idx = np.asarray(step.indices)
+    return idx.ndim == 1 and idx.size == shape[step.axis] and bool((idx == np.arange(idx.size)).all())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +140,7 @@ class IndexMap:
             before = IndexMap(self.src_shape, tuple(kept[:-1])).shape
             if (isinstance(last, Reshape) and tuple(last.shape) == tuple(before)) or (
                 isinstance(last, Transpose) and last.perm == tuple(range(len(before)))
-            ):
+            ) or (isinstance(last, Take) and _is_full_range(last, before)):
                 kept.pop()
         return IndexMap(self.src_shape, tuple(kept))
 
