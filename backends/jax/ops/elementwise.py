@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 from jax import lax
+from jax.core import Tracer
 
 from projc.backends.jax.ops._registry import register
 
@@ -153,7 +154,7 @@ def _bitshift(ctx, x, y):
 
 
 def _variadic(fn):
-    return lambda ctx, *xs: functools.reduce(fn, xs).astype(jnp.result_type(xs[0]))
+    return lambda ctx, *xs: jnp.asarray(functools.reduce(fn, xs)).astype(jnp.result_type(xs[0]))
 
 
 register("Max", since=1)(_variadic(jnp.maximum))
@@ -286,16 +287,20 @@ def cast_to(x, to: np.dtype, saturate: bool = True, round_mode: str = "up"):
     if to in _FLOAT8 and saturate and jnp.issubdtype(x.dtype, jnp.floating):
         info = ml_dtypes.finfo(to)
         x = jnp.clip(x, float(info.min), float(info.max))
-    if to in _SUB_BYTE_INT and jnp.issubdtype(x.dtype, jnp.floating):
+    if to in _SUB_BYTE_INT:  # ONNX wraps modulo 2**bits, like the wider integer types
         info = ml_dtypes.iinfo(to)
-        x = jnp.clip(jnp.round(x), info.min, info.max)
+        span = int(info.max) - int(info.min) + 1
+        x = jnp.mod(x.astype(jnp.int64) - int(info.min), span) + int(info.min)
     return x.astype(to)
 
 
 def _cast_text(x, to: np.dtype):
     """Casts from or to strings: only possible on compile-time (NumPy) values."""
-    if not isinstance(x, np.ndarray):
-        raise NotImplementedError("Cast to strings needs a compile-time input")
+    if isinstance(x, Tracer):
+        raise NotImplementedError(
+            "casts from or to strings need an input known when the model is compiled"
+        )
+    x = np.asarray(x)
     if to.kind in "OUS":
         return x.astype(np.str_).astype(object)
     return x.astype(np.str_).astype(np.float64).astype(to)
@@ -315,4 +320,7 @@ def _castlike(ctx, x, like):
 
 @register("BitCast", since=26)
 def _bitcast(ctx, x):
-    return lax.bitcast_convert_type(x, onnx_dtype(ctx.attr("to")))
+    to = onnx_dtype(ctx.attr("to"))
+    if np.dtype(x.dtype) == np.bool_ or to == np.bool_:  # XLA has no bool bitcast; 1 byte each
+        return x.astype(to) if to != np.bool_ else x != 0
+    return lax.bitcast_convert_type(x, to)
