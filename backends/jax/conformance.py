@@ -80,6 +80,12 @@ def case_model_and_data(case):
     return model, data
 
 
+def _as_arrays(values):
+    from onnx import TensorProto, numpy_helper
+
+    return [numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for v in values]
+
+
 def run_case(case) -> Outcome:
     """Run one node test; classify the result."""
     from onnx.backend.test.runner import Runner
@@ -91,6 +97,8 @@ def run_case(case) -> Outcome:
         model, data_sets = case_model_and_data(case)
         rep = ProjcBackend.prepare(model)
         for inputs, expected in data_sets:
+            # the loader hands float8/int4 and cast data over as TensorProto, as onnx's Runner expects
+            inputs, expected = _as_arrays(inputs), _as_arrays(expected)
             outputs = rep.run(inputs)
             Runner.assert_similar_outputs(
                 expected, outputs, rtol=case.rtol, atol=case.atol

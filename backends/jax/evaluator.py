@@ -37,6 +37,14 @@ def unsupported_nodes(model: ir.Model) -> list[tuple[str, str, str, int]]:
     return missing
 
 
+def _as_jax(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and x.dtype != object:
+        return jax.numpy.asarray(x)
+    if isinstance(x, (list, tuple)):
+        return [_as_jax(v) for v in x]
+    return x
+
+
 def _is_concrete(values: Sequence[Any]) -> bool:
     return not any(isinstance(v, Tracer) for v in values)
 
@@ -137,7 +145,9 @@ class Forward:
                 env[value] = params[name]
             elif value not in env:
                 env[value] = value.const_value.numpy()
-        return self._interp.run_graph(graph, [env[v] for v in graph.inputs], env)
+        outputs = self._interp.run_graph(graph, [env[v] for v in graph.inputs], env)
+        # a graph output known at compile time is a NumPy value; jit wants JAX arrays
+        return [_as_jax(o) for o in outputs]
 
     def __call__(self, inputs: Mapping[str, Any] | Sequence[Any], params: Mapping[str, Any] | None = None):
         if isinstance(inputs, Mapping):
