@@ -16,7 +16,7 @@ PARAM, CONST = "param", "const"
 
 # (op, input index) slots that take configuration rather than learnable data: a floating
 # initializer feeding only these stays a constant.
-_CONFIG_INPUTS = {
+CONFIG_INPUTS = {
     ("BatchNormalization", 3), ("BatchNormalization", 4),
     ("Clip", 1), ("Clip", 2),
     ("Resize", 1), ("Resize", 2), ("Upsample", 1),
@@ -38,7 +38,7 @@ _WEIGHT_SLOTS = {("Gemm", 1), ("MatMul", 1), ("Conv", 1), ("ConvTranspose", 1),
 
 
 def _learnable_use(use) -> bool:
-    return (use.node.op_type, use.idx) not in _CONFIG_INPUTS
+    return (use.node.op_type, use.idx) not in CONFIG_INPUTS
 
 
 def assign_roles(graph: ir.Graph, keep_existing: bool = False) -> None:

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx.backend.base import Backend, BackendRep
 
 from projc.backends.jax.evaluator import Forward, unsupported_nodes
+from projc.ir import CONFIG_INPUTS
 from projc.ir import assign_roles
 
 
@@ -33,6 +34,12 @@ class ProjcRep(BackendRep):
         self.model = model
         graph = model.graph
         self.input_names = [v.name for v in graph.inputs if v.name not in graph.initializers]
+        # floats that configure an op (Resize scales, Range bounds, Clip limits, ...) are bound
+        # at compile time, as they would be as initializers of a real model
+        self.config_inputs = {
+            v.name for v in graph.inputs
+            if v.uses() and all((u.node.op_type, u.idx) in CONFIG_INPUTS for u in v.uses())
+        }
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         if isinstance(inputs, dict):
@@ -42,7 +49,7 @@ class ProjcRep(BackendRep):
             named = dict(zip(self.input_names, arrays))
         static = {
             k: v for k, v in named.items()
-            if not (isinstance(v, np.ndarray) and _is_traced_dtype(v))
+            if not (isinstance(v, np.ndarray) and _is_traced_dtype(v)) or k in self.config_inputs
         }
         fwd = Forward(self.model, static_inputs=static)
         outs = fwd({k: named[k] for k in fwd.input_names}, params={})

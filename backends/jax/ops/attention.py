@@ -1,10 +1,12 @@
-"""Forward rules: attention (opset 23+), rotary embeddings, SwiGLU."""
+"""Forward rules: Attention (opset 23+), FlexAttention, LinearAttention, rotary embeddings,
+SwiGLU."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from onnx_ir import DataType
 
 from projc.backends.jax.ops._registry import register
@@ -12,6 +14,8 @@ from projc.backends.jax.ops._registry import register
 # qk_matmul_output_mode values (ONNX Attention).
 _QK_WITH_BIAS = 2
 _QK_AFTER_SOFTMAX = 3
+# Full float32 products on every platform (GPUs default to TF32).
+_HIGH = lax.Precision.HIGHEST
 
 
 def _to_heads(x, num_heads):
@@ -85,6 +89,10 @@ def _repeat_kv(k, q_heads):
     return jnp.repeat(k, reps, axis=1) if reps > 1 else k
 
 
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=_HIGH)
+
+
 def _softcap(x, cap):
     return cap * jnp.tanh(x / cap) if cap else x
 
@@ -92,10 +100,9 @@ def _softcap(x, cap):
 def _softmax_guarded(logits, bias):
     """Softmax over keys; a row whose bias is all -inf gives zeros, not NaN."""
     row_masked = jnp.isneginf(jnp.max(bias, axis=-1, keepdims=True))
-    safe = jnp.where(jnp.isneginf(logits), -jnp.inf, logits)
-    top = jnp.max(safe, axis=-1, keepdims=True)
+    top = jnp.max(logits, axis=-1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), top.dtype))
-    e = jnp.exp(safe - top)
+    e = jnp.exp(logits - top)
     s = jnp.sum(e, axis=-1, keepdims=True)
     p = e / jnp.where(s == 0, jnp.ones((), s.dtype), s)
     return jnp.where(row_masked, jnp.zeros((), p.dtype), p)
@@ -118,7 +125,7 @@ def _attention(ctx, q, k, v, mask=None, past_k=None, past_v=None, nonpad=None):
     scale = 1.0 / np.sqrt(q.shape[3]) if scale is None else scale
     root = jnp.asarray(np.sqrt(scale), dtype)
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    qk = jnp.matmul(q * root, jnp.swapaxes(k * root, -1, -2))
+    qk = _mm(q * root, jnp.swapaxes(k * root, -1, -2))
     qk = _softcap(qk, ctx.attr("softcap", 0.0))
     logits = qk + bias
     precision = ctx.attr("softmax_precision", None)
@@ -127,7 +134,7 @@ def _attention(ctx, q, k, v, mask=None, past_k=None, past_v=None, nonpad=None):
     probs = _softmax_guarded(logits, bias)
     mode = ctx.attr("qk_matmul_output_mode", 0)
     qk_out = {_QK_WITH_BIAS: logits, _QK_AFTER_SOFTMAX: probs}.get(mode, qk)
-    y = jnp.matmul(probs.astype(dtype), v)
+    y = _mm(probs.astype(dtype), v)
     return _from_heads(y, rank), present_k, present_v, qk_out.astype(dtype)
 
 
@@ -162,3 +169,76 @@ def _swiglu(ctx, a, b):
     alpha = ctx.attr("alpha", 1.0)
     gate = jax.nn.sigmoid(alpha * a).astype(a.dtype)
     return (a * gate * b).astype(a.dtype)
+
+
+def _heads_f32(x, num_heads):
+    return _to_heads(x, num_heads).astype(jnp.float32)
+
+
+def _linear_attention_step(gating, delta, group):
+    """One recurrence step of LinearAttention on the (B, H_kv, d_k, d_v) state."""
+
+    def step(state, inp):
+        q, k, v, g, beta = inp
+        if gating:
+            state = state * jnp.exp(g)[..., None]
+        if delta:
+            v = beta * (v - jnp.einsum("bhdm,bhd->bhm", state, k, precision=_HIGH))
+        state = state + k[..., :, None] * v[..., None, :]
+        read = jnp.repeat(state, group, axis=1) if group > 1 else state
+        return state, jnp.einsum("bhd,bhdm->bhm", q, read, precision=_HIGH)
+
+    return step
+
+
+def _per_step(x, heads, b, t):
+    """(B, T, H*X) gate inputs as (T, B, H, X); a zero placeholder when absent."""
+    if x is None:
+        return jnp.zeros((t, b, 1, 1), jnp.float32)
+    return x.reshape(b, t, heads if x.shape[-1] % heads == 0 else 1, -1).astype(
+        jnp.float32).transpose(1, 0, 2, 3)
+
+
+@register("LinearAttention", since=27)
+def _linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=None):
+    rule = ctx.attr("update_rule", "gated_delta")
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    hq, hkv = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    b, t = query.shape[:2]
+    q, k, v = _heads_f32(query, hq), _heads_f32(key, hkv), _heads_f32(value, hkv)
+    d_k, d_v = q.shape[-1], v.shape[-1]
+    state = (jnp.zeros((b, hkv, d_k, d_v), jnp.float32) if past_state is None
+             else past_state.astype(jnp.float32))
+    scale = ctx.attr("scale", 0.0) or 1.0 / np.sqrt(d_k)
+    time_major = lambda x: x.transpose(2, 0, 1, 3)  # noqa: E731  (B, H, T, D) -> (T, B, H, D)
+    xs = (time_major(q), time_major(k), time_major(v),
+          _per_step(decay, hkv, b, t), _per_step(beta, hkv, b, t))
+    step = _linear_attention_step(gating, delta, hq // hkv)
+    state, out = lax.scan(step, state, xs)
+    y = (scale * out).transpose(1, 0, 2, 3).reshape(b, t, -1).astype(query.dtype)
+    state_dtype = query.dtype if past_state is None else past_state.dtype
+    return y, state.astype(state_dtype)
+
+
+def _flex_dtype(dtype, precision):
+    """FlexAttention's softmax dtype: the given precision, else at least float32."""
+    if precision is not None:
+        return DataType(precision).numpy()
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _mod(ctx, name, x):
+    graph = ctx.attr(name)
+    return x if graph is None else ctx.run_graph(graph, [x])[0].astype(x.dtype)
+
+
+@register("FlexAttention", since=1, domain="ai.onnx.preview")
+def _flex_attention(ctx, q, k, v):
+    scale = ctx.attr("scale", None)
+    scale = 1.0 / np.sqrt(q.shape[3]) if scale is None else scale
+    root = jnp.asarray(np.sqrt(np.float32(scale)), q.dtype)
+    k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
+    scores = _mm(q * root, jnp.swapaxes(k * root, -1, -2))
+    scores = scores.astype(_flex_dtype(q.dtype, ctx.attr("softmax_precision", None)))
+    probs = _mod(ctx, "prob_mod", jax.nn.softmax(_mod(ctx, "score_mod", scores), axis=-1))
+    return _mm(probs, v.astype(probs.dtype)).astype(v.dtype)
