@@ -23,6 +23,8 @@ from projc.passes import lowering_recurrent  # noqa: F401  (registers RNN, GRU, 
 from projc.passes.lowering_rules import ALTERNATIVES, RULES, Unsupported, view
 from projc.passes.lowering_values import FAILED, Const, OpenSum, Ref
 
+__all__ = ["LOSSES", "Lowerer", "LowerToConstraints", "RULES", "lower"]
+
 HEAD_OPS = {"Softmax", "LogSoftmax", "ArgMax"}
 NONNEGATIVE_ACTS = {"relu", "sigmoid", "softplus", "step"}
 LOSSES = ("cross-entropy", "margin", "mse")

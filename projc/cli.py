@@ -258,21 +258,26 @@ def eval_(
 
 @app.command()
 def ops(format: Format = FormatOpt) -> None:
-    """List the ONNX ops projc can evaluate (and the opset versions of their rules)."""
+    """List the ONNX ops projc evaluates (with its rules' opset versions) and those it can lower
+    to constraints for training."""
     from projc.backends.jax.ops import registered
+    from projc.passes.lower_to_constraints import RULES as LOWERING
 
+    evaluates = registered()
+    names = sorted(set(evaluates) | {("", op) for op in LOWERING})
     rows = [
-        {"domain": d or "ai.onnx", "op": op, "since": versions, "evaluates": True}
-        for (d, op), versions in registered().items()
+        {"domain": d or "ai.onnx", "op": op, "since": evaluates.get((d, op), []),
+         "evaluates": (d, op) in evaluates, "lowers": d == "" and op in LOWERING}
+        for d, op in names
     ]
     if format == Format.json:
         _emit_json("ops", {"ops": rows})
         return
-    table = Table(title=f"{len(rows)} ops evaluate")
-    for col in ("domain", "op", "rule versions"):
+    table = Table(title=f"{sum(r['evaluates'] for r in rows)} ops evaluate, {sum(r['lowers'] for r in rows)} lower to constraints")
+    for col in ("domain", "op", "rule versions", "trains"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["domain"], r["op"], ", ".join(map(str, r["since"])))
+        table.add_row(r["domain"], r["op"], ", ".join(map(str, r["since"])), "yes" if r["lowers"] else "")
     out.print(table)
 
 

@@ -36,3 +36,11 @@ def test_unknown_pass_in_pipeline(monkeypatch, capsys, tmp_path):
     path = _mlp(tmp_path / "m.onnx")
     code, _, err = run_cli(monkeypatch, capsys, "inspect", str(path), "-p", "canonicalize,frobnicate")
     assert code == 2 and "frobnicate" in err and "known passes" in err
+
+
+def test_ops_lists_which_ops_train(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "ops", "--format", "json")
+    rows = {(r["domain"], r["op"]): r for r in json.loads(out)["ops"]}
+    assert rows[("ai.onnx", "Gemm")]["lowers"] and rows[("ai.onnx", "Gemm")]["evaluates"]
+    assert rows[("ai.onnx", "LSTM")]["lowers"]
+    assert not rows[("ai.onnx", "Softmax")]["lowers"] and rows[("ai.onnx", "Softmax")]["evaluates"]
