@@ -6,7 +6,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from projc.backends.jax.ops._registry import register
-from projc.backends.jax.ops.nn import conv, window_params
+from projc.backends.jax.ops._window import window_params
+from projc.backends.jax.ops.conv import conv
 
 
 @register("MatMul", since=1)
