@@ -1,0 +1,194 @@
+"""Property tests of the sum_act projection against its NumPy twin and brute force."""
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projc.backends.jax.projections.sum_act import (
+    ACTIVATIONS,
+    activation_forward,
+    project_sum_act,
+)
+from projc.backends.reference import projections_act as ref
+
+ACTS = {
+    "relu": {},
+    "leaky_relu": {"alpha": 0.1},
+    "clip": {"lo": -1.0, "hi": 2.0},
+    "identity": {},
+    "sigmoid": {},
+    "tanh": {},
+    "softplus": {},
+    "sign": {},
+    "step": {},
+    "quantize": {"levels": 4, "scale": 1.5},
+}
+STEP_FUNCTIONS = {"sign", "step", "quantize"}
+BATCH = 8
+F32, F64 = np.float32, np.float64
+# (dtype, k) pairs per activation: each k with each dtype somewhere, and few compilations (the
+# smooth solver takes seconds to compile on a busy CPU).
+CASES = [(act, dtype, k) for act, pairs in {
+    "relu": [(F64, 1), (F64, 3), (F32, 2)],
+    "leaky_relu": [(F64, 2), (F32, 3)],
+    "clip": [(F64, 3), (F32, 1)],
+    "identity": [(F64, 1), (F32, 2)],
+    "sigmoid": [(F64, 3), (F32, 1)],
+    "tanh": [(F64, 1), (F32, 2)],
+    "softplus": [(F64, 2), (F32, 3)],
+    "sign": [(F64, 1), (F64, 2), (F32, 3)],
+    "step": [(F64, 3), (F32, 1)],
+    "quantize": [(F64, 2), (F32, 3)],
+}.items() for dtype, k in pairs]
+SETTINGS = settings(max_examples=20, deadline=None)
+
+
+def _queries(draw, dtype, k):
+    """Random (x, y, w) of a batch of constraints, at mixed scales like DR's reflections."""
+    scale = draw(st.sampled_from([0.1, 1.0, 10.0, 100.0]))
+    unit = st.floats(-1, 1, width=32, allow_subnormal=False)
+    x = np.array(draw(st.lists(unit, min_size=BATCH * k, max_size=BATCH * k)))
+    x = x.reshape(BATCH, k) * scale
+    near_range = draw(st.lists(st.sampled_from([-1.0, 0.0, 1e-4, 0.5, 0.9999, 1.0, 1.5]),
+                               min_size=BATCH, max_size=BATCH))
+    y = np.array(draw(st.lists(unit, min_size=BATCH, max_size=BATCH))) * scale
+    y = np.where(draw(st.booleans()), near_range, y)
+    w = np.array(draw(st.lists(st.floats(0.05, 20), min_size=BATCH, max_size=BATCH)))
+    return x.astype(dtype), y.astype(dtype), w.astype(dtype)
+
+
+def _distance(x, y, x2, y2, w):
+    return np.sqrt(ref.sum_act_cost(x, y, x2, y2, w))
+
+
+def _atol(x, y, w, dtype):
+    """Rounding-level tolerance on a distance, from the magnitudes involved."""
+    eps = np.finfo(dtype).eps
+    mag = np.abs(x).sum(-1) + np.abs(y) * np.sqrt(w) + 1
+    return (64 if dtype == np.float32 else 1e3) * eps * mag
+
+
+def _brute_force(x, y, w, act, params, rng):
+    """The least distance over random candidates around s and a grid in s (the 1-D problem)."""
+    k, s = x.shape[-1], x.astype(float).sum(-1)
+    radius = np.sqrt(k * w) * np.abs(ref.activation_forward(act, s, **params) - y) + 1
+    t = s[:, None] + radius[:, None] * np.concatenate(
+        [rng.uniform(-1, 1, (len(s), 2000)), np.linspace(-1, 1, 4001)[None].repeat(len(s), 0)],
+        axis=1)
+    f = ref.activation_forward(act, t, **params)
+    cost = (t - s[:, None]) ** 2 / k + w[:, None] * (f - y[:, None]) ** 2
+    return np.sqrt(cost.min(axis=1))
+
+
+def _check_on_graph(act, params, x2, y2, dtype):
+    s2 = x2.astype(float).sum(-1)
+    if act in STEP_FUNCTIONS:
+        fwd = np.asarray(activation_forward(act, x2.sum(-1), **params))
+        # Only sign's one-point cell {0} cannot survive the rounding of the re-sum (k > 1).
+        zero_cell = (act == "sign") & (y2 == 0) & (np.abs(s2) < 1e-5 * (1 + np.abs(x2).sum(-1)))
+        assert np.all((fwd == y2) | zero_cell)
+    else:
+        f = ref.activation_forward(act, s2, **params)
+        eps = np.finfo(dtype).eps
+        assert np.allclose(f, y2, rtol=8 * eps, atol=8 * eps * (1 + np.abs(x2).sum(-1)))
+
+
+@pytest.mark.parametrize("act,dtype,k", CASES, ids=lambda c: getattr(c, "__name__", str(c)))
+@SETTINGS
+@given(data=st.data())
+def test_projection_properties(act, dtype, k, data):
+    params = ACTS[act]
+    x, y, w = _queries(data.draw, dtype, k)
+    x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w, **params))
+    assert x2.dtype == dtype and y2.dtype == dtype and x2.shape == x.shape and y2.shape == y.shape
+    _check_on_graph(act, params, x2, y2, dtype)
+    atol = _atol(x, y, w, dtype)
+    # Global optimality: no worse than the twin, random candidates and a dense grid in s.
+    dist = _distance(x, y, x2, y2, w)
+    rx, ry = ref.project_sum_act(x, y, act, w, **params)
+    assert np.all(dist <= _distance(x, y, rx, ry, w) + atol)
+    rng = np.random.default_rng(0)
+    assert np.all(dist <= _brute_force(x, y, w, act, params, rng) + atol)
+    # And the twin agrees: it is no better than the kernel either.
+    assert np.all(_distance(x, y, rx, ry, w) <= dist + atol)
+    # Projecting again changes nothing.
+    x3, y3 = (np.asarray(a) for a in project_sum_act(x2, y2, act, w, **params))
+    assert np.all(_distance(x2, y2, x3, y3, w) <= atol)
+
+
+@pytest.mark.parametrize("act", ["relu", "quantize"])
+def test_batch_shapes_and_scalar_weight(act):
+    rng = np.random.default_rng(1)
+    params = ACTS[act]
+    x = rng.normal(size=(2, 3, 2)) * 3
+    y = rng.normal(size=(2, 3))
+    x2, y2 = project_sum_act(x, y, act, 2.5, **params)
+    flat = project_sum_act(x.reshape(6, 2), y.reshape(6), act, np.full(6, 2.5), **params)
+    np.testing.assert_allclose(np.asarray(x2).reshape(6, 2), flat[0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(y2).reshape(6), flat[1], rtol=1e-12)
+    # y broadcasts over the batch, and the jitted function accepts traced weights.
+    jitted = jax.jit(lambda x, w: project_sum_act(x, 0.5, act, w, **params))
+    xb, yb = jitted(x, np.full((2, 3), 2.5))
+    np.testing.assert_allclose(
+        xb, project_sum_act(x, np.full((2, 3), 0.5), act, 2.5, **params)[0], rtol=1e-12)
+
+
+def test_relu_branches_by_hand():
+    # s = -1, y = -0.5, k = 1: staying put (cost y^2 = 0.25) beats moving to 0 (cost 1.25).
+    x2, y2 = project_sum_act(np.array([[-1.0]]), np.array([-0.5]), "relu")
+    np.testing.assert_allclose(x2, [[-1.0]])
+    np.testing.assert_allclose(y2, [0.0])
+    # Output weight w pulls s' towards y on the positive branch: s' = (s + k w y)/(1 + k w).
+    x2, y2 = project_sum_act(np.array([[1.0, 1.0]]), np.array([4.0]), "relu", 3.0)
+    np.testing.assert_allclose(y2, [(2 + 2 * 3 * 4) / (1 + 2 * 3)])
+    np.testing.assert_allclose(x2, [[1 + (26 / 7 - 2) / 2] * 2])
+
+
+def test_relu_compat_is_pjax():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(500, 2)) * 3
+    y = rng.normal(size=500) * 3
+    y[:20] = 0.0  # PJAX's branch rule tests y == 0
+    x2, y2 = project_sum_act(x, y, "relu", 7.0, compat=True)
+    rx, ry = ref.project_sum_act(x, y, "relu", 7.0, compat=True)
+    np.testing.assert_allclose(x2, rx, atol=1e-12)
+    np.testing.assert_allclose(y2, np.maximum(np.asarray(x2).sum(-1), 0))
+    # Its wrong-variable branch test: s = -1, y = -0.5 moves to s' = 0 (cost 1.25, not 0.25).
+    x2, _ = project_sum_act(np.array([[-1.0]]), np.array([-0.5]), "relu", compat=True)
+    np.testing.assert_allclose(x2, [[0.0]])
+
+
+def test_compat_other_activations_are_unweighted_exact():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 2)), rng.normal(size=5)
+    got = project_sum_act(x, y, "clip", 9.0, compat=True)
+    want = project_sum_act(x, y, "clip", 1.0)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tie_rules(dtype):
+    s = np.array([-1.0, -0.0, 0.0, 1e-30, 0.25, 0.5, 0.75], dtype)
+    np.testing.assert_array_equal(activation_forward("step", s), [0, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(activation_forward("sign", s), [-1, 0, 0, 1, 1, 1, 1])
+    # Three levels on [-1, 1]: -1, 0, 1; the midpoints -0.5 and 0.5 round up.
+    q = activation_forward("quantize", np.array([-0.5, 0.5, 0.4999, 2.0], dtype), levels=3)
+    np.testing.assert_array_equal(q, [0, 1, 0, 1])
+    np.testing.assert_array_equal(q, ref.activation_forward(
+        "quantize", np.array([-0.5, 0.5, 0.4999, 2.0]), levels=3))
+    # A query whose best level is 1 lands inside level 1's cell, and the forward agrees.
+    x2, y2 = project_sum_act(np.array([[0.2]], dtype), np.array([1.0], dtype), "quantize",
+                             levels=3)
+    assert y2[0] == 1 and activation_forward("quantize", x2.sum(-1), levels=3)[0] == 1
+
+
+def test_unknown_activation_and_parameters():
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        project_sum_act(np.zeros((1, 1)), np.zeros(1), "gelu")
+    with pytest.raises(TypeError, match="unknown"):
+        project_sum_act(np.zeros((1, 1)), np.zeros(1), "relu", beta=2)
+    with pytest.raises(ValueError, match="levels >= 2"):
+        activation_forward("quantize", np.zeros(1), levels=1)
+    assert set(ACTS) == set(ACTIVATIONS)
