@@ -35,6 +35,8 @@ def project_max(a, z, w=1.0):
 
 def _common_value(a, z, w):
     """The optimal value `m` of the max: the first valid candidate `m_k`."""
+    if a.shape[-1] <= _NETWORK_MAX:
+        return _common_value_small(a, z, w)
     n = a.shape[-1]
     s = -jnp.sort(-a, axis=-1)
     # associative_scan is O(n log n); jnp.cumsum lowers to an O(n^2) reduce_window on CPU
@@ -45,3 +47,26 @@ def _common_value(a, z, w):
     nxt = jnp.concatenate([s[..., 1:], jnp.full_like(s[..., :1], -jnp.inf)], axis=-1)
     first = jnp.argmax(nxt <= cand, axis=-1)  # k = n is always valid
     return jnp.take_along_axis(cand, first[..., None], axis=-1)[..., 0]
+
+
+# Pooling windows (n = 4, 9) sort faster with a compare-exchange network on the n slices of
+# the last axis: elementwise min/max that XLA fuses into one pass (its sort is generic and
+# slow on CPU). Odd-even transposition: n rounds, so O(n^2) work, for small n only.
+_NETWORK_MAX = 16
+
+
+def _common_value_small(a, z, w):
+    """`_common_value` for small n: network sort, then the candidates in order, all fused."""
+    s = [a[..., i] for i in range(a.shape[-1])]
+    for r in range(len(s)):
+        for i in range(r % 2, len(s) - 1, 2):
+            s[i], s[i + 1] = jnp.maximum(s[i], s[i + 1]), jnp.minimum(s[i], s[i + 1])
+    wz = w * z
+    total, m, found = wz, None, None
+    for k, sk in enumerate(s, start=1):
+        total = total + sk
+        cand = total / (k + w)
+        valid = s[k] <= cand if k < len(s) else jnp.ones_like(cand, dtype=bool)
+        m = cand if m is None else jnp.where(found, m, cand)
+        found = valid if found is None else found | valid
+    return m

@@ -1,0 +1,221 @@
+"""Projection onto the graph of a dot product, `z = sum(a * b, -1)`, and of `z = a * b`.
+
+The exact operator follows method.md section 2 and its float32 recipe. With `u = a + b`,
+`v = a - b`, `U = |u|^2/4`, `V = |v|^2/4` and `c = 1/w`, the minimiser is
+`a' = (alpha u + beta v)/2`, `b' = (alpha u - beta v)/2`, `z' = U alpha^2 - V beta^2` with
+`alpha = 1/(1 - t)`, `beta = 1/(1 + t)`, and `t` the root in (-1, 1) of
+`g = U alpha^2 - V beta^2 - z + c t`. The root is sought in `rho = log((1 - t)/(1 + t))`,
+where `alpha = (1 + e^-rho)/2`, `beta = (1 + e^rho)/2` and `g` is decreasing.
+
+The big arrays are read by two reductions (U, V) and by one output pass; the scalar solver
+runs on the batch of `(U, V, z, c)` under a `lax.while_loop` (at most `_NEWTON_STEPS`), so
+XLA does not fuse it into the passes over `n` (method.md section 4).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# |rho| bound: e^(2R) stays finite in the dtype, so alpha^2 does too (XLA may rewrite
+# (sqrt(U) alpha)^2 as U alpha^2, and 0 * inf would be NaN). Beyond it t is within 2e^-R of
+# +-1 and the boundary limit of `_boundary` is exact to that order.
+_RHO_BOUND = {np.dtype(np.float32): 40.0, np.dtype(np.float64): 300.0}
+_NEWTON_STEPS = 40  # safeguarded Newton from the best start needs 6-8; bisection fallbacks more
+_COMPAT_STEPS = 10  # PJAX: 10 plain Newton steps from t = 0
+
+
+def project_dot(a, b, z, w=1.0, *, compat=False):
+    """Project `(a, b, z)` onto `{z = sum(a * b, -1)}` with output weight `w`.
+
+    Args:
+        a, b: inputs, shape `(..., n)`.
+        z: outputs, shape `(...)`.
+        w: output weight, a float or an array broadcastable to `z`.
+        compat: reproduce PJAX's operator (weight 1, 10 plain Newton steps from t = 0 on the
+            equation in `p = a.b`, `q = |a|^2 + |b|^2`), which can return a farther point.
+
+    Returns:
+        `(a2, b2, z2)`, the global minimiser of `|a'-a|^2 + |b'-b|^2 + w (a'.b' - z)^2`.
+    """
+    a, b, z = _as_arrays(a, b, z)
+    if compat:
+        return _dot_compat(a, b, z)
+    return _dot_exact(a, b, z, jnp.asarray(w, a.dtype))
+
+
+def project_mul(a, b, z, w=1.0, *, compat=False):
+    """Project `(a, b, z)` onto `{z = a * b}` (elementwise): the dot projection with n = 1.
+
+    Args:
+        a, b, z: arrays of one shape.
+        w: output weight, a float or an array broadcastable to `z`.
+        compat: reproduce PJAX's operator (see `project_dot`).
+
+    Returns:
+        `(a2, b2, z2)` with the shape and dtype of `a`.
+    """
+    a, b, z = _as_arrays(a, b, z)
+    a2, b2, z2 = project_dot(a[..., None], b[..., None], z, w, compat=compat)
+    return a2[..., 0], b2[..., 0], z2
+
+
+def _as_arrays(a, b, z):
+    a = jnp.asarray(a)
+    return a, jnp.asarray(b, a.dtype), jnp.asarray(z, a.dtype)
+
+
+# --- exact operator -----------------------------------------------------------------------
+
+
+def _dot_exact(a, b, z, w):
+    """The float32 recipe: reduce U, V from u, v; solve in rho; form the output from u, v."""
+    # U and V straight from u and v: (q +- 2p)/4 is rounding noise when a ~ -+b
+    big_u = 0.25 * jnp.sum(jnp.square(a + b), axis=-1)
+    big_v = 0.25 * jnp.sum(jnp.square(a - b), axis=-1)
+    shape = jnp.broadcast_shapes(big_u.shape, z.shape, w.shape)
+    args = (jnp.broadcast_to(x, shape) for x in (big_u, big_v, z, 1 / w))
+    cu, eu, cv, ev, z2 = _solve(*args)
+    # e: a fixed unit vector, the direction chosen on the sphere of minimisers (U or V = 0)
+    e = float(1 / np.sqrt(a.shape[-1]))
+    u_part = cu[..., None] * (a + b) + (eu * e)[..., None]
+    v_part = cv[..., None] * (a - b) + (ev * e)[..., None]
+    return 0.5 * (u_part + v_part), 0.5 * (u_part - v_part), z2
+
+
+def _terms(rho, su, sv, z, c):
+    """`g(rho)`, `g'(rho)`, and `sqrt(U) alpha`, `sqrt(V) beta`, all cancellation-free."""
+    em = jnp.exp(-rho)
+    ep = 1 / em
+    alpha, beta = 0.5 * (1 + em), 0.5 * (1 + ep)
+    ua, vb = su * alpha, sv * beta
+    s = 2 + em + ep  # = 4 alpha beta = 4 / (1 - t^2)
+    g = ua * ua - vb * vb - z + c * (em - ep) / s  # t = (em - ep)/s = -tanh(rho/2)
+    dg = -(su * ua * em + sv * vb * ep) - 2 * c / s
+    return g, dg, ua, vb
+
+
+def _starts(big_u, big_v, z, c, bound):
+    """Three starting points in rho (method.md): Newton from t = 0 and the two asymptotes."""
+    one = jnp.ones_like(z)
+    t0 = (z - big_u + big_v) / (2 * (big_u + big_v) + c)  # one Newton step from t = 0
+    t0 = jnp.clip(t0, -1 + 1e-3, 1 - 1e-3)
+    r0 = jnp.log1p(-t0) - jnp.log1p(t0)
+    # 1 - t ~ sqrt(U / (z + V/4 - c)) near t = 1; 1 + t ~ sqrt(V / (U/4 - z - c)) near t = -1
+    m = jnp.minimum(jnp.sqrt(big_u / jnp.maximum(z + 0.25 * big_v - c, 0)), one)
+    k = jnp.minimum(jnp.sqrt(big_v / jnp.maximum(0.25 * big_u - z - c, 0)), one)
+    r1 = jnp.log(m) - jnp.log(2 - m)
+    r2 = jnp.log(2 - k) - jnp.log(k)
+    return [jnp.nan_to_num(jnp.clip(r, -bound, bound), nan=0.0) for r in (r0, r1, r2)]
+
+
+def _bracket_and_start(su, sv, big_u, big_v, z, c, bound):
+    """Tighten the bracket [-R, R] with the starts' signs; begin at the start of least |g|."""
+    lo, hi = jnp.full_like(z, -bound), jnp.full_like(z, bound)
+    best, best_g = jnp.zeros_like(z), jnp.full_like(z, jnp.inf)
+    for r in _starts(big_u, big_v, z, c, bound):
+        g = _terms(r, su, sv, z, c)[0]
+        lo, hi = jnp.where(g > 0, jnp.maximum(lo, r), lo), jnp.where(g < 0, jnp.minimum(hi, r), hi)
+        better = jnp.abs(g) < best_g
+        best, best_g = jnp.where(better, r, best), jnp.where(better, jnp.abs(g), best_g)
+    return best, lo, hi
+
+
+def _newton_step(rho, lo, hi, su, sv, z, c):
+    """One Newton step in rho, replaced by bisection when it leaves the bracket.
+
+    Also says whether the element has settled: a step below 8 ulp of rho, or |g| down to the
+    rounding noise of its own evaluation (further steps would chase that noise).
+    """
+    g, dg, ua, vb = _terms(rho, su, sv, z, c)
+    lo, hi = jnp.where(g > 0, rho, lo), jnp.where(g < 0, rho, hi)
+    step = rho - g / dg
+    # closed bracket: a converged step may land on its end; False for NaN (g overflowed)
+    inside = (step >= lo) & (step <= hi)
+    new = jnp.where(inside, step, 0.5 * (lo + hi))
+    eps = jnp.finfo(rho.dtype).eps
+    noise = 4 * eps * (ua * ua + vb * vb + jnp.abs(z) + c)
+    settled = (jnp.abs(new - rho) <= 8 * eps * (1 + jnp.abs(rho))) | (jnp.abs(g) <= noise)
+    return new, lo, hi, settled
+
+
+def _iterate(rho, lo, hi, su, sv, z, c):
+    """Newton steps under a `lax.while_loop` until every element has settled.
+
+    At most `_NEWTON_STEPS`; adversarial batches settle after about 10 (float32).
+    """
+
+    def cond(state):
+        return (state[0] < _NEWTON_STEPS) & ~state[1]
+
+    def body(state):
+        k, _, rho, lo, hi = state
+        new, lo, hi, settled = _newton_step(rho, lo, hi, su, sv, z, c)
+        return k + 1, jnp.all(settled), new, lo, hi
+
+    return lax.while_loop(cond, body, (0, False, rho, lo, hi))[2]
+
+
+def _solve(big_u, big_v, z, c):
+    """Per-constraint output coefficients `(cu, eu, cv, ev, z2)` of `_dot_exact`."""
+    bound = _RHO_BOUND[np.dtype(z.dtype)]
+    su, sv = jnp.sqrt(big_u), jnp.sqrt(big_v)
+    rho, lo, hi = _bracket_and_start(su, sv, big_u, big_v, z, c, bound)
+    rho = _iterate(rho, lo, hi, su, sv, z, c)
+    _, _, ua, vb = _terms(rho, su, sv, z, c)
+    alpha, beta = 0.5 * (1 + jnp.exp(-rho)), 0.5 * (1 + jnp.exp(rho))
+    coef = (alpha, jnp.zeros_like(z), beta, jnp.zeros_like(z), ua * ua - vb * vb)
+    return _boundary(coef, su, sv, big_u, big_v, z, c, bound)
+
+
+def _boundary(coef, su, sv, big_u, big_v, z, c, bound):
+    """Where the root lies beyond |rho| = R (t -> +-1), return the limit point on the graph.
+
+    At t = 1 (g(-R) <= 0: U = 0, or U tiny) the minimisers have a' - b' = v/2 and
+    |a' + b'|^2/4 = x = z + V/4 - c, any direction of a' + b': take u's, or e when u = 0.
+    At t = -1 symmetrically a' + b' = u/2 and |a' - b'|^2/4 = y = U/4 - z - c.
+    """
+    cu, eu, cv, ev, z2 = coef
+    g_top = _terms(jnp.full_like(z, -bound), su, sv, z, c)[0]
+    g_bot = _terms(jnp.full_like(z, bound), su, sv, z, c)[0]
+    top, bot = g_top <= 0, g_bot >= 0
+    x = jnp.maximum(z + 0.25 * big_v - c, 0)
+    y = jnp.maximum(0.25 * big_u - z - c, 0)
+    half = jnp.full_like(z, 0.5)
+    cu_top, eu_top = _radial(x, su)
+    cv_bot, ev_bot = _radial(y, sv)
+    cu = jnp.where(top, cu_top, jnp.where(bot, half, cu))
+    eu = jnp.where(top, eu_top, eu)
+    cv = jnp.where(bot, cv_bot, jnp.where(top, half, cv))
+    ev = jnp.where(bot, ev_bot, ev)
+    z2 = jnp.where(top, x - 0.25 * big_v, jnp.where(bot, 0.25 * big_u - y, z2))
+    return cu, eu, cv, ev, z2
+
+
+def _radial(r2, s):
+    """Coefficients `(of u, of e)` giving a vector of norm `2 sqrt(r2)` along u (|u| = 2 s)."""
+    pos, root = s > 0, jnp.sqrt(r2)
+    return jnp.where(pos, root / jnp.where(pos, s, 1), 0), jnp.where(pos, 0, 2 * root)
+
+
+# --- PJAX-compatible operator ----------------------------------------------------------------
+
+
+def _dot_compat(a, b, z):
+    """PJAX's operator: 10 plain Newton steps from t = 0 on g(t) from p and q, weight 1."""
+    p = jnp.sum(a * b, axis=-1)
+    q = jnp.sum(a * a + b * b, axis=-1)
+    t = lax.fori_loop(0, _COMPAT_STEPS, lambda _, t: _compat_newton(t, p, q, z), jnp.zeros_like(z))
+    t = jnp.broadcast_to(t, jnp.broadcast_shapes(t.shape, p.shape))[..., None]
+    d = 1 - t * t
+    return (a + t * b) / d, (b + t * a) / d, z - t[..., 0]
+
+
+def _compat_newton(t, p, q, z):
+    """One plain Newton step on `g(t) = ((1 + t^2) p + t q)/(1 - t^2)^2 - z + t`."""
+    d = 1 - t * t
+    num = (1 + t * t) * p + t * q
+    g = num / (d * d) - z + t
+    dg = (2 * t * p + q) / (d * d) + 4 * t * num / (d * d * d) + 1
+    return t - g / dg

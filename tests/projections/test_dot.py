@@ -1,0 +1,228 @@
+"""Property tests of the dot and mul projections against brute force and the NumPy twin."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projc.backends.jax.projections.dot import project_dot, project_mul
+from projc.backends.reference import projections_bilinear as ref
+
+DTYPES = (np.float32, np.float64)
+BATCHES = ((), (3,), (2, 3))
+# adversarial query families of the brief: offsets up to 1e4, a or b near zero, a ~ +-b
+MODES = ("generic", "a_near_b", "a_near_minus_b", "a_equals_b", "a_equals_minus_b",
+         "a_small", "b_zero", "both_zero")
+OFFSETS = (0.0, 1e-3, 1.0, 10.0, 100.0, 1e4)
+
+_dot = jax.jit(project_dot, static_argnames="compat")
+_mul = jax.jit(project_mul, static_argnames="compat")
+
+
+def _row(mode, rng, n):
+    """One query row `(a, b)` of the given family."""
+    a = 10.0 ** rng.uniform(-1, 1) * rng.normal(size=n)
+    noise = rng.normal(size=n)
+    table = {
+        "generic": lambda: (a, noise),
+        "a_near_b": lambda: (a, a + 1e-4 * noise),
+        "a_near_minus_b": lambda: (a, -a + 1e-4 * noise),
+        "a_equals_b": lambda: (a, a),
+        "a_equals_minus_b": lambda: (a, -a),
+        "a_small": lambda: (1e-6 * a, noise),
+        "b_zero": lambda: (a, 0 * a),
+        "both_zero": lambda: (0 * a, 0 * a),
+    }
+    return table[mode]()
+
+
+def _query(seed, dtype, batch, n, weighted):
+    """A batch of queries, each row of a random family and offset, one weight per row."""
+    rng = np.random.default_rng(seed)
+    rows = [_row(MODES[rng.integers(len(MODES))], rng, n) for _ in range(int(np.prod(batch)))]
+    a = np.array([r[0] for r in rows]).reshape(batch + (n,))
+    b = np.array([r[1] for r in rows]).reshape(batch + (n,))
+    offset = np.array(OFFSETS)[rng.integers(len(OFFSETS), size=batch)]
+    z = (a * b).sum(-1) + offset * rng.normal(size=batch)
+    w = rng.uniform(0.2, 30.0, size=batch) if weighted else np.ones(batch)
+    return tuple(np.asarray(x, dtype) for x in (a, b, z, w))
+
+
+def _eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def _scale2(a, b, z, w, a2, b2, z2):
+    """Squared size of the query and answer: the cost's rounding floor is eps times this."""
+    sq = lambda x: (np.asarray(x, np.float64) ** 2).sum(-1)  # noqa: E731
+    w = np.asarray(w, np.float64)
+    return 1e-30 + sq(a) + sq(b) + sq(a2) + sq(b2) + w * (np.float64(z) ** 2 + np.float64(z2) ** 2)
+
+
+def _candidates(a, b, z, w, count=64, seed=0):
+    """Least cost of random points on the graph near the query and near the twin's answer."""
+    rng = np.random.default_rng(seed)
+    a, b = np.float64(a), np.float64(b)
+    a_t, b_t, _ = ref.project_dot(a, b, z, w)
+    best = np.full(np.shape(z), np.inf)
+    for i in range(count):
+        base_a, base_b = (a, b) if i % 2 else (a_t, b_t)
+        step = 10.0 ** rng.uniform(-4, 1)
+        ca = base_a + step * rng.normal(size=a.shape)
+        cb = base_b + step * rng.normal(size=b.shape)
+        best = np.minimum(best, ref.dot_cost(a, b, z, ca, cb, (ca * cb).sum(-1), w))
+    return best
+
+
+def _check_projection(a, b, z, w, out):
+    a2, b2, z2 = (np.asarray(o) for o in out)
+    dtype, n = a.dtype, a.shape[-1]
+    assert a2.dtype == b2.dtype == z2.dtype == dtype
+    assert a2.shape == a.shape and b2.shape == b.shape and z2.shape == z.shape
+    assert np.all(np.isfinite(a2)) and np.all(np.isfinite(b2)) and np.all(np.isfinite(z2))
+    eps = _eps(dtype)
+    # on the graph
+    sq = lambda x: (np.float64(x) ** 2).sum(-1)  # noqa: E731
+    gap = np.abs(np.float64(z2) - (np.float64(a2) * np.float64(b2)).sum(-1))
+    assert np.all(gap <= 4 * (n + 4) * eps * (sq(a2) + sq(b2)) + 1e-30), gap
+    # no farther than brute force, random candidates and the twin; and the twin no farther
+    cost = ref.dot_cost(a, b, z, a2, b2, z2, w)
+    tol = 64 * (n + 4) * eps * _scale2(a, b, z, w, a2, b2, z2)
+    twin = ref.dot_cost(a, b, z, *ref.project_dot(a, b, z, w), w=w)
+    assert np.all(cost <= ref.dot_bruteforce(a, b, z, w) + tol)
+    assert np.all(cost <= _candidates(a, b, z, w) + tol)
+    assert np.all(np.abs(cost - twin) <= tol), (cost, twin)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(DTYPES),
+    n=st.sampled_from((1, 5)),
+    weighted=st.booleans(),
+)
+def test_dot_is_the_global_minimiser(seed, dtype, n, weighted):
+    a, b, z, w = _query(seed, dtype, (16,), n, weighted)
+    _check_projection(a, b, z, w, _dot(a, b, z, w))
+
+
+@pytest.mark.parametrize("batch,dtype", zip(BATCHES, (np.float64, np.float32, np.float64)))
+def test_dot_batch_shapes(batch, dtype):
+    for seed in range(3):
+        a, b, z, w = _query(seed, dtype, batch, 4, weighted=True)
+        _check_projection(a, b, z, w, _dot(a, b, z, w))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(DTYPES),
+    n=st.sampled_from((1, 5)),
+    weighted=st.booleans(),
+)
+def test_dot_twice_changes_nothing(seed, dtype, n, weighted):
+    a, b, z, w = _query(seed, dtype, (16,), n, weighted)
+    once = [np.asarray(o) for o in _dot(a, b, z, w)]
+    twice = [np.asarray(o) for o in _dot(*once, w)]
+    size = 1 + max(np.abs(np.float64(o)).max() for o in once) ** 2
+    for x1, x2 in zip(once, twice):
+        assert np.all(np.abs(np.float64(x2) - np.float64(x1)) <= 64 * _eps(dtype) * size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(DTYPES),
+    weighted=st.booleans(),
+)
+def test_mul_is_dot_with_one_entry(seed, dtype, weighted):
+    a, b, z, w = _query(seed, dtype, (4, 4), 1, weighted)
+    out = _mul(a[..., 0], b[..., 0], z, w)
+    _check_projection(a, b, z, w, [out[0][..., None], out[1][..., None], out[2]])
+    twin = ref.project_mul(a[..., 0], b[..., 0], z, w)
+    np.testing.assert_allclose(ref.dot_cost(a[..., 0:1], b[..., 0:1], z, out[0][..., None],
+                                            out[1][..., None], out[2], w),
+                               ref.dot_cost(a[..., 0:1], b[..., 0:1], z, twin[0][..., None],
+                                            twin[1][..., None], twin[2], w),
+                               rtol=1e-4 if dtype == np.float32 else 1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_generic_points_match_the_twin(dtype):
+    """Away from the measure-zero set of ties the minimiser is unique: points agree."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(2, 200, 8))
+    z = (a * b).sum(-1) + 10.0 ** rng.uniform(-2, 4, size=200) * rng.choice([-1, 1], 200)
+    w = rng.uniform(0.5, 10, size=200)
+    a, b, z, w = (np.asarray(x, dtype) for x in (a, b, z, w))
+    out, twin = _dot(a, b, z, w), ref.project_dot(a, b, z, w)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for o, t in zip(out, twin):
+        np.testing.assert_allclose(np.float64(o), t, rtol=tol, atol=tol * np.abs(t).max())
+
+
+def test_degenerate_cases_reach_the_sphere_of_minimisers():
+    # a = b = 0 and z = 5: a' = b' with |a'|^2 = z - 1/w = 4, along the equal-entries vector
+    a2, b2, z2 = _dot(np.zeros(4), np.zeros(4), np.float64(5.0))
+    np.testing.assert_allclose(a2, np.full(4, 1.0))
+    np.testing.assert_allclose(b2, np.full(4, 1.0))
+    np.testing.assert_allclose(z2, 4.0)
+    # a = -b, z above the threshold 1/w - V/4: a' - b' = a, |a' + b'|^2 = 4 (z + V/4 - 1/w)
+    a = np.array([1.0, 2.0])
+    a2, b2, z2 = _dot(a, -a, np.float64(5.0), 2.0)
+    np.testing.assert_allclose(a2 - b2, a)
+    np.testing.assert_allclose(((a2 + b2) ** 2).sum(), 4 * (5 + 5 / 4 - 0.5))
+    np.testing.assert_allclose(z2, 5 - 0.5)
+    # a = b, z below U/4 - 1/w: a' + b' = a, a' - b' on a sphere; float32 stays finite
+    a32 = np.array([3.0, 0.0, 4.0], np.float32)
+    a2, b2, z2 = _dot(a32, a32, np.float32(-50.0))
+    np.testing.assert_allclose(a2 + b2, a32, rtol=1e-6)
+    np.testing.assert_allclose(z2, -49.0, rtol=1e-6)
+    assert abs(float(z2) - float(np.dot(np.float64(a2), np.float64(b2)))) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_t_near_plus_and_minus_one(dtype):
+    """Roots within 1e-6 of t = +-1 (tiny U or V, large |z|) stay accurate in float32."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(50, 6))
+    b = np.where(np.arange(50)[:, None] < 25, -a, a) + 1e-5 * rng.normal(size=(50, 6))
+    z = np.where(np.arange(50) < 25, 1.0, -1.0) * 10.0 ** rng.uniform(0, 4, size=50)
+    a, b, z = (np.asarray(x, dtype) for x in (a, b, z))
+    _check_projection(a, b, z, 1.0, _dot(a, b, z))
+
+
+def test_compat_reproduces_the_pjax_rule_and_misses_for_large_offsets():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 400, 8))
+    for offset, expect_worse in ((0.1, False), (100.0, True)):
+        z = (a * b).sum(-1) + offset * rng.normal(size=400)
+        compat, pjax = _dot(a, b, z, compat=True), ref.project_dot_compat(a, b, z)
+        small = np.isfinite(pjax[2]) & (np.abs(pjax[2]) < 1e6)
+        for o, t in zip(compat, pjax):
+            np.testing.assert_allclose(np.asarray(o)[small], t[small], rtol=1e-8, atol=1e-8)
+        c_compat = ref.dot_cost(a, b, z, *compat)
+        c_exact = ref.dot_cost(a, b, z, *_dot(a, b, z))
+        worse = np.mean(~(c_compat <= c_exact * (1 + 1e-6)))
+        assert (worse > 0.5) if expect_worse else (worse == 0.0), worse
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_broadcast_and_dtype_is_kept(dtype):
+    rng = np.random.default_rng(2)
+    a, b = (np.asarray(x, dtype) for x in rng.normal(size=(2, 2, 3, 5)))
+    z = np.asarray(rng.normal(size=(2, 3)), dtype)
+    w = np.asarray([[1.0], [4.0]], dtype)  # one weight per row, broadcast over the columns
+    out = _dot(a, b, z, w)
+    assert all(o.dtype == dtype for o in out)
+    rows = [_dot(a[i], b[i], z[i], float(w[i, 0])) for i in range(2)]
+    for k in range(3):
+        # the batch iterates until all its rows converge: agreement to solver tolerance
+        np.testing.assert_allclose(out[k], np.stack([r[k] for r in rows]), rtol=2e-5, atol=1e-6)
+    # a larger weight pulls the output closer to z
+    heavy = _dot(a, b, z, 100.0)[2]
+    light = _dot(a, b, z, 0.01)[2]
+    assert np.all(np.abs(heavy - z) <= np.abs(light - z) + 1e-6)
