@@ -18,7 +18,7 @@ import numpy as np
 
 EXCLUDES_DIR = Path(__file__).with_name("conformance_excludes")
 # The floor CI enforces: raise it when the count goes up, never lower it silently.
-FLOOR = 0
+FLOOR = 1813  # measured 2026-11-27: 1813 of 1884 pass, 59 unsupported, 12 excluded
 
 
 @dataclasses.dataclass
