@@ -19,7 +19,7 @@ from projc.errors import ProjcError, UnsupportedOpError
 from projc.index_map import IndexMap, Reshape
 from projc.ir import is_parameter, model_opset
 from projc.passes.base import Pass, PassResult, register_pass
-from projc.passes import lowering_recurrent  # noqa: F401  (registers RNN, GRU, LSTM)
+from projc.passes import lowering_recurrent, lowering_views, lowering_windows  # noqa: F401  (register rules)
 from projc.passes.lowering_rules import ALTERNATIVES, RULES, Unsupported, view
 from projc.passes.lowering_values import FAILED, Const, OpenSum, Ref
 

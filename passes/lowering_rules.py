@@ -7,13 +7,12 @@ ops return views (index maps) and create no constraint.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from projc.index_map import Broadcast, IndexMap, Reshape, Take, Transpose
+from projc.index_map import Broadcast, Reshape, Transpose
 from projc.passes.lowering_values import Const, OpenSum, Ref
 
 RULES: dict[str, Callable] = {}
@@ -62,6 +61,15 @@ def view(x, *steps):
     return Const(value, shape)
 
 
+def reshape_value(x, shape: tuple[int, ...]):
+    """Reshape a Ref, a Const or an open sum (term by term, so it can still fuse)."""
+    if isinstance(x, OpenSum):
+        offset = np.asarray(x.offset)
+        offset = offset.reshape(shape) if offset.ndim else offset
+        return OpenSum(tuple(view(t, Reshape(tuple(shape))) for t in x.terms), offset, x.origin, x.name)
+    return view(x, Reshape(tuple(shape)))
+
+
 def broadcast_to(x, shape: tuple[int, ...]):
     """NumPy broadcasting as index-map steps: drop size-1 axes, then insert copies."""
     shape = tuple(shape)
@@ -106,8 +114,8 @@ def _terms(lw, x, out_shape, sign: float = 1.0):
     return (broadcast_to(x, out_shape),), np.zeros(())
 
 
-def _sum(lw, node, a, b, sign_b):
-    shape = lw.shape_of(node.outputs[0])
+def _sum(lw, node, a, b, sign_b, shape=None):
+    shape = tuple(shape or lw.shape_of(node.outputs[0]))
     ta, oa = _terms(lw, a, shape)
     tb, ob = _terms(lw, b, shape, sign_b)
     if not ta and not tb:
@@ -172,11 +180,21 @@ def _activation(lw, node, inputs):
     return [lw.sum_act(inputs[0], act, params, node)]
 
 
+@rule("HardSigmoid")
+def _hard_sigmoid(lw, node, inputs):
+    """clip(alpha x + beta, 0, 1): a fixed affine map, then a clip."""
+    x = lw.as_view(inputs[0], node)
+    alpha, beta = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
+    affine = lw.linear(node, view(x, Reshape((*x.shape, 1))), np.full((1,), alpha, np.float32),
+                       np.asarray(beta, np.float32), name=f"{node.outputs[0].name}.affine")
+    return [lw.sum_act(affine, "clip", {"lo": 0.0, "hi": 1.0}, node)]
+
+
 # --- bilinear: dense layers and convolutions ---------------------------------------------------
 
 def _dense(lw, node, a, b, pre: bool = False):
     """``a @ b`` for a (B, N) and b (N, M): a dot group, or linear when one side is fixed."""
-    (bsz, n), m = a.shape, b.shape[1]
+    (bsz, _), m = a.shape, b.shape[1]
     a_op = view(a, Broadcast(1, m))  # (B, M, N)
     b_op = view(b, Transpose((1, 0)), Broadcast(0, bsz))  # (B, M, N)
     return lw.bilinear(node, a_op, b_op, (bsz, m), pre=pre)
@@ -210,108 +228,6 @@ def _gemm(lw, node, inputs):
     elif beta != 1.0:
         raise Unsupported("Gemm with beta != 1 on a learnable bias")
     return [_sum(lw, node, y, c, 1.0)]
-
-
-@functools.lru_cache(maxsize=256)
-def window_indices(in_hw, kernel, strides, pads, dilations) -> np.ndarray:
-    """Flat indices into (H, W) for each (oh, ow, kh*kw) window entry; -1 for padding."""
-    (h, w), (kh, kw), (sh, sw), (dh, dw) = in_hw, kernel, strides, dilations
-    pt, pl, pb, pr = pads
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    rows = np.arange(oh)[:, None, None, None] * sh - pt + np.arange(kh)[None, None, :, None] * dh
-    cols = np.arange(ow)[None, :, None, None] * sw - pl + np.arange(kw)[None, None, None, :] * dw
-    rows, cols = np.broadcast_arrays(rows, cols)
-    valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    flat = np.where(valid, rows * w + cols, -1).reshape(oh, ow, kh * kw)
-    flat.setflags(write=False)  # shared through the cache
-    return flat
-
-
-def _windows(node, x_shape, kernel):
-    """(OH, OW, kh*kw) window indices of a 2-D conv/pool node over an (N, C, H, W) input."""
-    nd = len(kernel)
-    strides = tuple(attr(node, "strides", None) or [1] * nd)
-    dilations = tuple(attr(node, "dilations", None) or [1] * nd)
-    pads = tuple(attr(node, "pads", None) or [0] * (2 * nd))
-    auto_pad = attr(node, "auto_pad", "NOTSET")
-    if nd != 2 or auto_pad not in ("NOTSET", "VALID"):
-        raise Unsupported(f"{nd}-D windows or auto_pad={auto_pad} (2-D with explicit pads so far)")
-    return window_indices(tuple(x_shape[2:]), tuple(kernel), strides, (pads[0], pads[1], pads[2], pads[3]), dilations)
-
-
-def _patches(x, idx):
-    """x (N, C, H, W) -> (N, OH, OW, C*kh*kw) patches; a 1x1 stride-1 window is a transpose."""
-    bsz, c, h, w = x.shape
-    oh, ow, kk = idx.shape
-    if kk == 1 and idx.shape[:2] == (h, w) and (idx.reshape(-1) == np.arange(h * w)).all():
-        return view(x, Transpose((0, 2, 3, 1)))
-    return view(x, Reshape((bsz, c, h * w)), Take(2, idx), Transpose((0, 2, 3, 1, 4)), Reshape((bsz, oh, ow, c * kk)))
-
-
-@rule("Conv")
-def _conv(lw, node, inputs):
-    x, w = (lw.as_view(v, node) for v in inputs[:2])
-    if attr(node, "group", 1) != 1:
-        raise Unsupported("grouped convolution (group > 1)")
-    bsz = x.shape[0]
-    oc, _, kh, kw = w.shape
-    idx = _windows(node, x.shape, (kh, kw))  # (OH, OW, kh*kw)
-    oh, ow, _ = idx.shape
-    x_op = view(_patches(x, idx), Broadcast(1, oc))  # (N, OC, OH, OW, K)
-    # patches are ordered (c, kh, kw), as the weight's trailing axes
-    w_op = view(w, Reshape((oc, int(np.prod(w.shape[1:])))), Broadcast(1, oh), Broadcast(2, ow), Broadcast(0, bsz))
-    has_bias = len(inputs) > 2 and inputs[2] is not None
-    y = lw.bilinear(node, x_op, w_op, (bsz, oc, oh, ow), pre=has_bias)
-    if not has_bias:
-        return [y]
-    return [_sum(lw, node, y, view(inputs[2], Reshape((oc, 1, 1))), 1.0)]
-
-
-# --- pooling and reductions --------------------------------------------------------------------
-
-def _pool_operand(lw, node, x, kernel):
-    x = lw.as_view(x, node)
-    bsz, c, h, w = x.shape
-    idx = _windows(node, x.shape, kernel)
-    return view(x, Reshape((bsz, c, h * w)), Take(2, idx)), idx
-
-
-@rule("MaxPool")
-def _maxpool(lw, node, inputs):
-    if len(node.outputs) > 1 and node.outputs[1].uses():
-        raise Unsupported("MaxPool's Indices output")
-    operand, idx = _pool_operand(lw, node, inputs[0], tuple(attr(node, "kernel_shape")))
-    if (idx < 0).any() and not lw.is_nonnegative(operand):
-        # a zero read by the padding is harmless only when every real entry is >= 0
-        raise Unsupported("padded MaxPool of a value that can be negative (padding must read -inf)")
-    return [lw.emit("max", operand.shape[:-1], [("a", operand)], {}, node)]
-
-
-@rule("GlobalMaxPool")
-def _global_maxpool(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    bsz, c = x.shape[:2]
-    y = lw.emit("max", (bsz, c), [("a", view(x, Reshape((bsz, c, int(np.prod(x.shape[2:]))))))], {}, node)
-    return [view(y, Reshape(lw.shape_of(node.outputs[0])))]
-
-
-@rule("AveragePool")
-def _avgpool(lw, node, inputs):
-    operand, idx = _pool_operand(lw, node, inputs[0], tuple(attr(node, "kernel_shape")))
-    include_pad = attr(node, "count_include_pad", 0)
-    counts = np.full(idx.shape[:-1], idx.shape[-1]) if include_pad else (idx >= 0).sum(-1)
-    coef = np.where(idx >= 0, 1.0 / counts[..., None], 0.0).astype(np.float32)
-    return [lw.linear(node, operand, coef)]
-
-
-@rule("GlobalAveragePool")
-def _global_avgpool(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    bsz, c = x.shape[:2]
-    n = int(np.prod(x.shape[2:]))
-    y = lw.linear(node, view(x, Reshape((bsz, c, n))), np.full((n,), 1.0 / n, np.float32))
-    return [view(y, Reshape(lw.shape_of(node.outputs[0])))]
 
 
 @rule("BatchNormalization")
@@ -365,87 +281,3 @@ def _mul(lw, node, inputs):
         return [lw.linear(node, view(x, Reshape((*shape, 1))), coef)]
     a, b = (broadcast_to(lw.as_view(v, node), shape) for v in (a, b))
     return [lw.emit("mul", shape, [("a", a), ("b", b)], {}, node)]
-
-
-# --- more index maps ---------------------------------------------------------------------------
-
-def _const_ints(x, what: str) -> list[int]:
-    if x is None:
-        return []
-    if not isinstance(x, Const):
-        raise Unsupported(f"{what} computed at run time (must be a constant)")
-    return [int(v) for v in np.asarray(x.full()).reshape(-1)]
-
-
-def _take_axes(x, picks: dict[int, np.ndarray]):
-    for axis, idx in sorted(picks.items()):
-        x = view(x, Take(axis, np.asarray(idx, np.int64)))
-    return x
-
-
-@rule("Slice")
-def _slice(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    rank = len(x.shape)
-    if len(inputs) > 1:  # opset >= 10: starts, ends, axes, steps are inputs
-        starts, ends = _const_ints(inputs[1], "Slice starts"), _const_ints(inputs[2], "Slice ends")
-        axes = _const_ints(inputs[3], "Slice axes") if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-        steps = _const_ints(inputs[4], "Slice steps") if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-    else:
-        starts, ends = list(attr(node, "starts")), list(attr(node, "ends"))
-        axes, steps = list(attr(node, "axes", None) or range(len(starts))), [1] * len(starts)
-    picks = {}
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        a %= rank
-        picks[a] = np.arange(x.shape[a])[slice(s, e, st)]
-    return [_take_axes(x, picks)]
-
-
-@rule("Split")
-def _split(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    axis = attr(node, "axis", 0) % len(x.shape)
-    sizes = [lw.shape_of(o)[axis] for o in node.outputs]
-    bounds = np.cumsum([0, *sizes])
-    return [_take_axes(x, {axis: np.arange(a, b)}) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-@rule("Pad")
-def _pad(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    if attr(node, "mode", "constant") != "constant":
-        raise Unsupported(f"Pad mode {attr(node, 'mode')!r} (constant zero padding only)")
-    pads = _const_ints(inputs[1], "Pad pads") if len(inputs) > 1 else list(attr(node, "pads"))
-    value = inputs[2] if len(inputs) > 2 else None
-    if value is not None and np.any(np.asarray(value.full() if isinstance(value, Const) else 1) != 0):
-        raise Unsupported("padding with a non-zero value")
-    rank = len(x.shape)
-    axes = _const_ints(inputs[3], "Pad axes") if len(inputs) > 3 and inputs[3] is not None else list(range(rank))
-    picks = {}
-    for i, a in enumerate(axes):
-        before, after = pads[i], pads[i + len(axes)]
-        if before or after:
-            n = x.shape[a % rank]
-            idx = np.arange(-before, n + after)
-            picks[a % rank] = np.where((idx >= 0) & (idx < n), idx, -1)  # -1 reads the constant zero
-    return [_take_axes(x, picks)]
-
-
-@rule("Gather")
-def _gather(lw, node, inputs):
-    x = lw.as_view(inputs[0], node)
-    if not isinstance(inputs[1], Const):
-        raise Unsupported("Gather with run-time indices (an embedding lookup needs run-time index maps)")
-    axis = attr(node, "axis", 0) % len(x.shape)
-    idx = np.asarray(inputs[1].full(), np.int64)
-    return [view(x, Take(axis, np.where(idx < 0, idx + x.shape[axis], idx)))]
-
-
-@rule("Cast", "CastLike")
-def _cast(lw, node, inputs):
-    out = node.outputs[0].dtype
-    if isinstance(inputs[0], Const):
-        return [Const(inputs[0].full().astype(out.numpy()))]
-    if out is None or not out.is_floating_point():
-        raise Unsupported(f"a cast of a variable to {out} (only float-to-float casts are no-ops here)")
-    return [inputs[0]]

@@ -65,3 +65,7 @@ def test_state_size_matches_copies_of_mnist_mlp():
         + b * c  # the loss's copy of the logits
     )
     assert prog.state_size() == expected
+    # materialise every copy from variables of the declared shapes: the same count
+    arrays = {v.name: np.zeros(v.shape, np.float32) for v in prog.variables.values()}
+    copies = [s.imap.apply(arrays[s.var]) for g in prog.groups.values() for s in g.slots if s.copy]
+    assert sum(c.size for c in copies) == expected

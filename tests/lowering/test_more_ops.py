@@ -1,0 +1,51 @@
+"""Lowering of 1-D and grouped convolutions, HardSigmoid and reductions, checked against
+onnxruntime like the example models."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from projc.backends.reference.constraint_eval import evaluate_program, residuals
+from projc.constraints import VarKind
+from projc.frontend import load_model
+from projc.passes.lower_to_constraints import lower
+from test_lowering_semantics import _onnxruntime_values
+
+
+def _model(path):
+    rng = np.random.default_rng(0)
+    arr = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+    inits = [arr("k1", 4, 2, 3), arr("b1", 4), arr("k2", 6, 2, 1, 3), arr("head", 5, 6),
+             numpy_helper.from_array(np.array([2], np.int64), "ax2"), numpy_helper.from_array(np.array([2, 3], np.int64), "ax23")]
+    nodes = [
+        helper.make_node("Conv", ["x", "k1", "b1"], ["c1"], pads=[1, 1], strides=[1], name="conv1d"),
+        helper.make_node("HardSigmoid", ["c1"], ["h1"], alpha=0.3, beta=0.4, name="hsig"),
+        helper.make_node("Unsqueeze", ["h1", "ax2"], ["u"], name="unsq"),  # (N, 4, 1, L)
+        helper.make_node("Conv", ["u", "k2"], ["c2"], group=2, pads=[0, 1, 0, 1], name="gconv"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
+        helper.make_node("ReduceMax", ["r2", "ax23"], ["m"], keepdims=0, name="rmax"),
+        helper.make_node("ReduceMean", ["r2", "ax23"], ["a"], keepdims=0, name="rmean"),
+        helper.make_node("Add", ["m", "a"], ["f"], name="add"),
+        helper.make_node("Gemm", ["f", "head"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "more_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_conv1d_grouped_conv_hardsigmoid_reductions(tmp_path):
+    path = _model(tmp_path / "m.onnx")
+    model = load_model(path, batch_size=3)
+    prog = lower(model)
+    kinds = {g.kind for g in prog.groups.values()}
+    assert {"linear", "dot", "sum_act", "max"} <= kinds
+    x = np.random.default_rng(1).standard_normal((3, 2, 7)).astype(np.float32)
+    leaves = {"x": x, **{n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}}
+    assert all(prog.variables[n].kind is not VarKind.HIDDEN for n in leaves)
+    values = evaluate_program(prog, leaves)
+    reference = _onnxruntime_values(path, {"x": x}, list(prog.views))
+    for name, (var, imap) in prog.views.items():
+        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert {"c2", "logits"} <= set(prog.views)
+    assert max(residuals(prog, values).values()) < 1e-9
