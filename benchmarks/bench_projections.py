@@ -69,12 +69,18 @@ def _max_global(rng):
     return project_max, (_normal(rng, B, M, N), _normal(rng, B, M)), {}
 
 
-def _sum_act(module):
-    def build(rng):
-        x, y = _normal(rng, B, M, N // 2, 2), _normal(rng, B, M, N // 2)
-        return module.project_sum_act, (x, y), {"act": "relu"}
+def _sum_act(act, slots):
+    def make(module):
+        def build(rng):
+            # a bias add and its activation: k = 2 inputs per constraint
+            x, y = _normal(rng, B, M, N // 2, 2), _normal(rng, B, M, N // 2)
+            if slots:  # the state's layout: one array per slot
+                x = (x[..., 0], x[..., 1])
+            return module.project_sum_act, (x, y), {"act": act}
 
-    return build
+        return build
+
+    return make
 
 
 def _cross_entropy(module):
@@ -105,7 +111,12 @@ def operators():
         ("mul", _mul),
         ("max n=4 (pool)", _max_pool),
         ("max n=784 (global)", _max_global),
-        *_optional("sum_act", [("sum_act relu k=2", _sum_act)]),
+        *_optional("sum_act", [
+            ("sum_act relu k=2 (slots)", _sum_act("relu", True)),
+            ("sum_act relu k=2 (stacked)", _sum_act("relu", False)),
+            ("sum_act tanh k=2 (slots)", _sum_act("tanh", True)),
+            ("sum_act sign k=2 (slots)", _sum_act("sign", True)),
+        ]),
         *_optional("losses", [("prox cross-entropy C=10", _cross_entropy)]),
     ]
 

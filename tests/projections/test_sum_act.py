@@ -1,6 +1,7 @@
 """Property tests of the sum_act projection against its NumPy twin and brute force."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -192,3 +193,17 @@ def test_unknown_activation_and_parameters():
     with pytest.raises(ValueError, match="levels >= 2"):
         activation_forward("quantize", np.zeros(1), levels=1)
     assert set(ACTS) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("act, params", [("relu", {}), ("tanh", {}), ("quantize", {"levels": 4, "scale": 1.0})])
+@pytest.mark.parametrize("compat", [False, True])
+def test_slot_layout_matches_stacked_layout(act, params, compat):
+    """k separate arrays (the state's layout) give exactly the stacked-axis result."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(5, 7, 3)).astype(np.float32) * 2)
+    y = jnp.asarray(rng.normal(size=(5, 7)).astype(np.float32))
+    x2, y2 = project_sum_act(x, y, act, 1.5, compat=compat, **params)
+    xs2, ys2 = project_sum_act([x[..., i] for i in range(3)], y, act, 1.5, compat=compat, **params)
+    assert isinstance(xs2, tuple) and len(xs2) == 3
+    np.testing.assert_allclose(np.stack([np.asarray(v) for v in xs2], -1), np.asarray(x2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ys2), np.asarray(y2), rtol=1e-6, atol=1e-6)

@@ -296,6 +296,24 @@ def _pjax_relu(x, y):
 
 
 @partial(jax.jit, static_argnames=("act", "params", "compat"))
+def _project_slots(xs, y, w, act, params, compat):
+    """The same projection with the k inputs as k separate arrays (the state's slot layout):
+    no interleaved last axis, so each input streams through memory once."""
+    spec, p = _spec_and_params(act, dict(params))
+    xs = tuple(jnp.asarray(x) for x in xs)
+    dt, shape, k = xs[0].dtype, xs[0].shape, len(xs)
+    if compat and act == "relu":
+        x2, y2 = _project(jnp.stack(xs, -1), y, w, act, params, compat)
+        return tuple(x2[..., i] for i in range(k)), y2
+    y = jnp.broadcast_to(jnp.asarray(y, dt), shape)
+    w = jnp.ones_like(y) if compat else jnp.broadcast_to(jnp.asarray(w, dt), shape)
+    s = sum(xs[1:], xs[0])
+    s2 = spec.solve(s, y, k, w, p, sum((jnp.abs(x) for x in xs[1:]), jnp.abs(xs[0])))
+    d = (s2 - s) / k
+    return tuple(x + d for x in xs), spec.forward(s2, p)
+
+
+@partial(jax.jit, static_argnames=("act", "params", "compat"))
 def _project(x, y, w, act, params, compat):
     spec, p = _spec_and_params(act, dict(params))
     x = jnp.asarray(x)
@@ -317,7 +335,9 @@ def project_sum_act(x, y, act, w=1.0, *, compat=False, **act_params):
     Minimises `|x' - x|^2 + w (y' - y)^2` over the graph (method.md section 2).
 
     Args:
-        x: the k summed inputs, shape `(..., k)`.
+        x: the k summed inputs, shape `(..., k)`; or a tuple of k arrays of shape `(...)` (the
+            state's layout, one array per slot: faster, as no interleaved axis is read), in
+            which case `x2` is a tuple too.
         y: outputs, shape `(...)`.
         act: a key of `ACTIVATIONS`; `act_params` are its parameters (`alpha` for leaky_relu,
             `lo`, `hi` for clip, `levels`, `scale` for quantize).
@@ -330,4 +350,7 @@ def project_sum_act(x, y, act, w=1.0, *, compat=False, **act_params):
         `sum(x2)` equals `s'` up to the rounding of the sum.
     """
     _spec_and_params(act, act_params)  # errors are raised here, outside the tracer
-    return _project(x, y, w, act, tuple(sorted(act_params.items())), compat)
+    params = tuple(sorted(act_params.items()))
+    if isinstance(x, (tuple, list)):
+        return _project_slots(tuple(x), y, w, act, params, compat)
+    return _project(x, y, w, act, params, compat)
