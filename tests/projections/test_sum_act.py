@@ -83,8 +83,10 @@ def _brute_force(x, y, w, act, params, rng):
     return np.sqrt(cost.min(axis=1))
 
 
-def _check_on_graph(act, params, x2, y2, dtype):
+def _check_on_graph(act, params, x2, y2, dtype, x=None):
     s2 = x2.astype(float).sum(-1)
+    # x2 = x + shift: re-summing it rounds at the scale of the query's inputs, not only of x2's
+    mag = np.abs(x2).sum(-1) + (0 if x is None else np.abs(np.asarray(x, float)).sum(-1))
     if act in STEP_FUNCTIONS:
         fwd = np.asarray(activation_forward(act, x2.sum(-1), **params))
         # Only sign's one-point cell {0} cannot survive the rounding of the re-sum (k > 1).
@@ -93,7 +95,7 @@ def _check_on_graph(act, params, x2, y2, dtype):
     else:
         f = ref.activation_forward(act, s2, **params)
         eps = np.finfo(dtype).eps
-        assert np.allclose(f, y2, rtol=8 * eps, atol=8 * eps * (1 + np.abs(x2).sum(-1)))
+        assert np.allclose(f, y2, rtol=8 * eps, atol=8 * eps * (1 + mag))
 
 
 @pytest.mark.parametrize("act,dtype,k", CASES, ids=lambda c: getattr(c, "__name__", str(c)))
@@ -104,7 +106,7 @@ def test_projection_properties(act, dtype, k, data):
     x, y, w = _queries(data.draw, dtype, k)
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w, **params))
     assert x2.dtype == dtype and y2.dtype == dtype and x2.shape == x.shape and y2.shape == y.shape
-    _check_on_graph(act, params, x2, y2, dtype)
+    _check_on_graph(act, params, x2, y2, dtype, x)
     atol = _atol(x, y, w, dtype)
     # Global optimality: no worse than the twin, random candidates and a dense grid in s.
     dist = _distance(x, y, x2, y2, w)

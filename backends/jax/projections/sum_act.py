@@ -47,6 +47,16 @@ def _cheapest(t, cost):
     return _pick(t, jnp.argmin(cost, axis=-1)[..., None])[..., 0]
 
 
+def _running_min(candidates):
+    """The candidate of least cost (the first one on ties), as one elementwise pass: a static
+    loop over a handful of candidates fuses, where a trailing candidate axis would not."""
+    best_t, best_c = candidates[0]
+    for t, c in candidates[1:]:
+        better = c < best_c
+        best_t, best_c = jnp.where(better, t, best_t), jnp.where(better, c, best_c)
+    return best_t
+
+
 def _cost(t, s, y, k, w, f):
     """The 1-D cost `(t - s)^2 / k + w (f - y)^2` of a candidate `t` with output `f`."""
     return (t - s) ** 2 / k + w * (f - y) ** 2
@@ -65,10 +75,11 @@ class Piecewise:
 
     def solve(self, s, y, k, w, p, mag):
         # The cost is a convex quadratic on each piece: clip its stationary point into the piece.
-        lo, hi, c, d = (np.asarray(col, s.dtype) for col in zip(*self.pieces(**p)))
-        s_, y_, w_ = s[..., None], y[..., None], w[..., None]
-        t = jnp.clip((s_ + k * w_ * c * (y_ - d)) / (1 + k * w_ * c * c), lo, hi).astype(s.dtype)
-        return _cheapest(t, _cost(t, s_, y_, k, w_, c * t + d))
+        candidates = []
+        for lo, hi, c, d in self.pieces(**p):
+            t = jnp.clip((s + k * w * c * (y - d)) / (1 + k * w * c * c), lo, hi).astype(s.dtype)
+            candidates.append((t, _cost(t, s, y, k, w, c * t + d)))
+        return _running_min(candidates)
 
 
 def _below(b, dtype):
@@ -109,9 +120,11 @@ class Levels:
         lo2 = jnp.where(np.isfinite(lo), lo + _resum_error(lo, s, mag, k), lo)
         hi2 = jnp.where(np.isfinite(hi), hi - _resum_error(hi, s, mag, k), hi)
         lo2, hi2 = jnp.where(lo2 <= hi2, lo2, lo), jnp.where(lo2 <= hi2, hi2, lo)
-        s_, y_, w_ = s[..., None], y[..., None], w[..., None]
-        t = jnp.clip(s_, lo2, hi2)
-        return _cheapest(t, _cost(t, s_, y_, k, w_, q))
+        candidates = []
+        for j in range(len(q)):
+            t = jnp.clip(s, lo2[..., j], hi2[..., j])
+            candidates.append((t, _cost(t, s, y, k, w, q[j])))
+        return _running_min(candidates)
 
 
 @dataclass(frozen=True)
