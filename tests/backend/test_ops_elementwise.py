@@ -252,3 +252,21 @@ def test_nll_loss_with_class_weights_matches_onnxruntime():
         [("loss", F32, [])],
     )
     _assert_like_ort(model, {"x": logp, "t": target, "w": weight})
+
+
+def test_softmax_after_global_average_pool_of_huge_values_is_finite():
+    """XLA fuses the mean into both the max and the subtraction of a softmax; without a clamp
+    one ulp above the max overflows exp at |x| ~ 1e9 (light_squeezenet gave NaN)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from projc.backends.jax.onnx_backend import ProjcBackend
+
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(0).uniform(1e9, 1e10, size=(1, 64, 5, 5)).astype(np.float32)
+    (y,) = ProjcBackend.prepare(model).run([x])
+    assert np.isfinite(y).all() and abs(float(y.sum()) - 1.0) < 1e-5

@@ -36,12 +36,10 @@ RTOL, ATOL = 1e-5, 1e-5
 # Files whose ops have no forward rule yet (file name -> what is missing), for the whole graph
 # and for the probabilities alone; each is an expected UnsupportedOpError (strict: remove the
 # entry when the rule lands), and any other failure still fails.
-_NO_LINEAR_CLASSIFIER = "no rule yet for ai.onnx.ml LinearClassifier and Normalizer"
-MISSING_OPS = {
-    "sklearn_logreg.onnx": _NO_LINEAR_CLASSIFIER,
-    "sklearn_mlp.onnx": "no rule yet for ai.onnx.ml ArrayFeatureExtractor (the label output)",
-}
-MISSING_PROBABILITY_OPS = {"sklearn_logreg.onnx": _NO_LINEAR_CLASSIFIER}
+# (empty now: the ai.onnx.ml rules for LinearClassifier, Normalizer and ArrayFeatureExtractor
+# landed, so every fixture is compared in full)
+MISSING_OPS: dict[str, str] = {}
+MISSING_PROBABILITY_OPS: dict[str, str] = {}
 
 
 def _session(path: Path) -> ort.InferenceSession:

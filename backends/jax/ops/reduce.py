@@ -109,9 +109,26 @@ def _hardmax(x, axis):
     return jax.nn.one_hot(idx, x.shape[axis], axis=axis, dtype=x.dtype)
 
 
+def _shifted(x, axis):
+    """``x - max(x)``, clamped at 0: XLA may fuse the producer of ``x`` into both the max and
+    the subtraction and evaluate them with different rounding, and one ulp above the max at
+    |x| ~ 1e9 is exp(512) = inf (a NaN softmax after a global average pool, seen on CPU)."""
+    return jnp.minimum(x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)), 0)
+
+
+def _softmax(x, axis):
+    e = jnp.exp(_shifted(x, axis))
+    return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis):
+    z = _shifted(x, axis)
+    return z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
+
+
 _SOFTMAX_LIKE = {
-    "Softmax": lambda x, axis: jax.nn.softmax(x, axis=axis),
-    "LogSoftmax": lambda x, axis: jax.nn.log_softmax(x, axis=axis),
+    "Softmax": _softmax,
+    "LogSoftmax": _log_softmax,
     "Hardmax": _hardmax,
 }
 
