@@ -124,6 +124,20 @@ class Program:
         """Every (group, slot) holding copies of ``var``."""
         return [(g, s) for g in self.groups.values() for s in g.slots if s.var == var and s.copy]
 
+    def fanout(self, var: str, mode: str = "exact") -> np.ndarray:
+        """Per entry of ``var``, how many copies its producer writes: the output weight ``w``
+        of the producer's exact projection (method.md section 1), ``G^T(1)`` summed over the
+        copy slots. ``mode="pjax"`` gives the reference framework's unweighted rule (1)."""
+        if mode not in ("exact", "pjax"):
+            raise ValueError(f"fan-out mode {mode!r}: expected exact or pjax")
+        shape = self.variables[var].shape
+        if mode == "pjax":
+            return np.ones(shape)
+        total = np.zeros(shape)
+        for _, slot in self.copies_of(var):
+            total += slot.imap.counts()
+        return total
+
     def state_size(self) -> int:
         """Number of floats in the state: every copy of every slot."""
         return sum(int(np.prod(s.shape)) for g in self.groups.values() for s in g.slots if s.copy)

@@ -69,3 +69,22 @@ def test_state_size_matches_copies_of_mnist_mlp():
     arrays = {v.name: np.zeros(v.shape, np.float32) for v in prog.variables.values()}
     copies = [s.imap.apply(arrays[s.var]) for g in prog.groups.values() for s in g.slots if s.copy]
     assert sum(c.size for c in copies) == expected
+
+
+def test_fanout_weights_count_the_copies():
+    prog = lower(load_model(MODELS / "mlp_digits.onnx", batch_size=5))
+    # the hidden layer (5, 32) is read by the 10 output neurons' dot constraints
+    np.testing.assert_array_equal(prog.fanout("relu_3"), np.full((5, 32), 10.0))
+    # a weight column is read once per sample; the first layer's weights by the linear group
+    np.testing.assert_array_equal(prog.fanout("fc2.weight"), np.full((10, 32), 5.0))
+    np.testing.assert_array_equal(prog.fanout("fc1.bias"), np.full((32,), 5.0))
+    # the logits are read by the loss only; the reference framework's rule weighs everything 1
+    np.testing.assert_array_equal(prog.fanout("logits"), np.ones((5, 10)))
+    np.testing.assert_array_equal(prog.fanout("relu_3", mode="pjax"), np.ones((5, 32)))
+
+
+def test_fanout_of_a_padded_conv_input_counts_window_overlaps():
+    prog = lower(load_model(MODELS / "cnn_digits.onnx", batch_size=1))
+    counts = prog.fanout("conv1.weight")
+    # every kernel entry is read at each of the 8x8 output positions of the sample
+    np.testing.assert_array_equal(counts, np.full((8, 1, 3, 3), 64.0))
