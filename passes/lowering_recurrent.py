@@ -17,6 +17,7 @@ from projc.index_map import Broadcast, Reshape, Take, Transpose
 from projc.passes.lowering_rules import Unsupported, attr, rule, view
 from projc.passes.lowering_values import Const, OpenSum
 
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 DEFAULT_ACTIVATIONS = {
     "RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"],
 }
@@ -88,6 +89,12 @@ class _Cell:
             _broadcast_bias(view(self.bias, Take(0, rows + off)), self.T, self.B) for off in offsets
         )
 
+    def mul(self, a, b, tag=None, out=None):
+        """A gate product over (T, B, hidden)."""
+        name = None if tag is None else f"{self.name}.{tag}"
+        return self.lw.emit("mul", (self.T, self.B, self.H), [("a", a), ("b", b)], {}, self.node,
+                            name=name, out=out)
+
     def gate_sum(self, terms, biases):
         refs = [t for t in (*terms, *biases) if not isinstance(t, Const)]
         offset = sum((np.broadcast_to(b.full(), refs[0].shape) for b in biases if isinstance(b, Const)), np.zeros(()))
@@ -106,6 +113,13 @@ class _Cell:
         return outs[: len(self.node.outputs)]
 
 
+def _begin(lw, node, inputs, op):
+    """Check the node, build its cell and declare the stacked hidden state H."""
+    _check(node, inputs, op)
+    cell = _Cell(lw, node, inputs, GATES[op])
+    return cell, lw.declare(f"{cell.name}.H", (cell.T, cell.B, cell.H))
+
+
 def _broadcast_bias(b, T, B):
     return view(b, Broadcast(0, T), Broadcast(1, B))
 
@@ -116,9 +130,7 @@ def _slice(ref, first, count, H):
 
 @rule("RNN")
 def _rnn(lw, node, inputs):
-    _check(node, inputs, "RNN")
-    cell = _Cell(lw, node, inputs, 1)
-    h = lw.declare(f"{cell.name}.H", (cell.T, cell.B, cell.H))
+    cell, h = _begin(lw, node, inputs, "RNN")
     xw = cell.input_term()
     hr = cell.recurrent(cell.shifted(h), 0, 1, "hr")
     lw.sum_act(cell.gate_sum((xw, hr), cell.biases(0, 1)), "tanh", {}, node, out=h.var)
@@ -127,10 +139,8 @@ def _rnn(lw, node, inputs):
 
 @rule("LSTM")
 def _lstm(lw, node, inputs):
-    _check(node, inputs, "LSTM")
-    cell = _Cell(lw, node, inputs, 4)
+    cell, h = _begin(lw, node, inputs, "LSTM")
     T, B, H = cell.T, cell.B, cell.H
-    h = lw.declare(f"{cell.name}.H", (T, B, H))
     c = lw.declare(f"{cell.name}.C", (T, B, H))
     xw = cell.input_term()
     hr = cell.recurrent(cell.shifted(h), 0, 4, "hr")
@@ -140,20 +150,18 @@ def _lstm(lw, node, inputs):
     g = lw.sum_act(cell.gate_sum((_slice(xw, 3, 1, H), _slice(hr, 3, 1, H)), cell.biases(3, 1)),
                    "tanh", {}, node, name=f"{cell.name}.g")
     i, o, f = (_slice(iof, k, 1, H) for k in range(3))
-    fc = lw.emit("mul", (T, B, H), [("a", f), ("b", cell.shifted(c))], {}, node, name=f"{cell.name}.fc")
-    ig = lw.emit("mul", (T, B, H), [("a", i), ("b", g)], {}, node, name=f"{cell.name}.ig")
+    fc = cell.mul(f, cell.shifted(c), "fc")
+    ig = cell.mul(i, g, "ig")
     lw.sum_act(OpenSum((fc, ig), np.zeros(()), (node.name,)), "identity", {}, node, out=c.var)
     tc = lw.sum_act(c, "tanh", {}, node, name=f"{cell.name}.tanhC")
-    lw.emit("mul", (T, B, H), [("a", o), ("b", tc)], {}, node, out=h.var)
+    cell.mul(o, tc, out=h.var)
     return cell.outputs(h, c)
 
 
 @rule("GRU")
 def _gru(lw, node, inputs):
-    _check(node, inputs, "GRU")
-    cell = _Cell(lw, node, inputs, 3)
+    cell, h = _begin(lw, node, inputs, "GRU")
     T, B, H = cell.T, cell.B, cell.H
-    h = lw.declare(f"{cell.name}.H", (T, B, H))
     h_prev = cell.shifted(h)
     xw = cell.input_term()
     # ONNX gate order: z, r, h
@@ -165,16 +173,16 @@ def _gru(lw, node, inputs):
     if attr(node, "linear_before_reset", 0):
         s = lw.sum_act(cell.gate_sum((cell.recurrent(h_prev, 2, 1, "hr_h"),), (rb_h,)), "identity", {}, node,
                        name=f"{cell.name}.hr_hb")
-        reset = lw.emit("mul", (T, B, H), [("a", r), ("b", s)], {}, node, name=f"{cell.name}.reset")
+        reset = cell.mul(r, s, "reset")
         cand_terms, cand_bias = (_slice(xw, 2, 1, H), reset), (wb_h,)
     else:
-        rh = lw.emit("mul", (T, B, H), [("a", r), ("b", h_prev)], {}, node, name=f"{cell.name}.rh")
+        rh = cell.mul(r, h_prev, "rh")
         hr_h = cell.recurrent(rh, 2, 1, "hr_h")
         cand_terms, cand_bias = (_slice(xw, 2, 1, H), hr_h), (wb_h, rb_h)
     cand = lw.sum_act(cell.gate_sum(cand_terms, cand_bias), "tanh", {}, node, name=f"{cell.name}.cand")
     one_minus_z = lw.linear(node, view(z, Reshape((T, B, H, 1))), -np.ones((1,), np.float32),
                             np.ones((), np.float32), name=f"{cell.name}.1-z")
-    keep = lw.emit("mul", (T, B, H), [("a", z), ("b", h_prev)], {}, node, name=f"{cell.name}.zh")
-    new = lw.emit("mul", (T, B, H), [("a", one_minus_z), ("b", cand)], {}, node, name=f"{cell.name}.zc")
+    keep = cell.mul(z, h_prev, "zh")
+    new = cell.mul(one_minus_z, cand, "zc")
     lw.sum_act(OpenSum((keep, new), np.zeros(()), (node.name,)), "identity", {}, node, out=h.var)
     return cell.outputs(h)
