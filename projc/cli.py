@@ -98,25 +98,6 @@ def _emit_dot(text: str, output: Optional[Path]) -> None:
     err.print(f"wrote {output}")
 
 
-def _model_summary(m, model: Path) -> dict:
-    from projc.ir import CONST, PARAM, ROLE_KEY, format_type
-
-    graph = m.graph
-    params = [v for v in graph.initializers.values() if v.meta.get(ROLE_KEY) == PARAM]
-    ops: dict[str, int] = {}
-    for node in graph:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return {
-        "model": str(model),
-        "inputs": {v.name: format_type(v) for v in graph.inputs if v.name not in graph.initializers},
-        "outputs": {v.name: format_type(v) for v in graph.outputs},
-        "parameters": {v.name: format_type(v) for v in params},
-        "parameter_count": int(sum(v.const_value.size for v in params)),
-        "constants": sum(v.meta.get(ROLE_KEY) == CONST for v in graph.initializers.values()),
-        "ops": dict(sorted(ops.items())),
-    }
-
-
 def _print_summary(summary: dict, title: str) -> None:
     table = Table(title=title, show_header=True)
     for col in ("kind", "name", "type"):
@@ -185,7 +166,7 @@ def inspect(
     """Show what projc makes of a model: the constraint schedule (blocks, kernels, costs), its IRs."""
     from projc.constraints import format_program
     from projc.frontend import IMPORT_PIPELINE, load_model
-    from projc.ir import format_model
+    from projc.ir import format_model, model_summary
     from projc.schedule_report import schedule_dict, schedule_dot
 
     m = load_model(model, batch_size=batch_size or 256, dims=_parse_dims(dim), pipeline=pipeline or IMPORT_PIPELINE)
@@ -196,7 +177,7 @@ def inspect(
         else:
             sys.stdout.write(text)
         return
-    summary = _model_summary(m, model)
+    summary = {"model": str(model), **model_summary(m)}
     try:
         sched = build_schedule(m, loss, algorithm, logits)
     except ProjcError as exc:
@@ -206,13 +187,14 @@ def inspect(
         out.print(f"[yellow]not trainable yet:[/] {escape(str(exc))}")
         return
     if constraints:
-        from projc.constraints import format_program
-
         sys.stdout.write(format_program(sched.program))
         return
     if format == InspectFormat.json:
         text = json.dumps({**schedule_dict(sched, str(model)), "network": summary}, indent=1)
-        _emit_dot(text + "\n", output) if output else out.print_json(text)
+        if output:
+            _emit_dot(text + "\n", output)
+        else:
+            out.print_json(text)
         return
     if format == InspectFormat.dot:
         _emit_dot(schedule_dot(sched), output)

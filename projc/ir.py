@@ -142,6 +142,23 @@ def format_model(model: ir.Model) -> str:
     return "\n".join([head, *format_graph(model.graph)]) + "\n"
 
 
+def model_summary(model: ir.Model) -> dict:
+    """Inputs, outputs and parameters with their types, parameter count, constants, op counts."""
+    graph = model.graph
+    params = [v for v in graph.initializers.values() if v.meta.get(ROLE_KEY) == PARAM]
+    ops: dict[str, int] = {}
+    for node in graph:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "inputs": {v.name: format_type(v) for v in graph.inputs if v.name not in graph.initializers},
+        "outputs": {v.name: format_type(v) for v in graph.outputs},
+        "parameters": {v.name: format_type(v) for v in params},
+        "parameter_count": int(sum(v.const_value.size for v in params)),
+        "constants": sum(v.meta.get(ROLE_KEY) == CONST for v in graph.initializers.values()),
+        "ops": dict(sorted(ops.items())),
+    }
+
+
 class VerificationError(ProjcError):
     """The IR is malformed; the message shows the IR around the fault."""
 
