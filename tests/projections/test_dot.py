@@ -97,13 +97,16 @@ def _check_projection(a, b, z, w, out):
     assert np.all(np.abs(cost - twin) <= tol), (cost, twin)
 
 
-@settings(max_examples=40, deadline=None)
-@given(
+# random queries of 16 constraints: seed, dtype, length n, weighted or not
+RANDOM_QUERIES = lambda test: settings(max_examples=40, deadline=None)(given(  # noqa: E731
     seed=st.integers(0, 2**32 - 1),
     dtype=st.sampled_from(DTYPES),
     n=st.sampled_from((1, 5)),
     weighted=st.booleans(),
-)
+)(test))
+
+
+@RANDOM_QUERIES
 def test_dot_is_the_global_minimiser(seed, dtype, n, weighted):
     a, b, z, w = _query(seed, dtype, (16,), n, weighted)
     _check_projection(a, b, z, w, _dot(a, b, z, w))
@@ -116,13 +119,7 @@ def test_dot_batch_shapes(batch, dtype):
         _check_projection(a, b, z, w, _dot(a, b, z, w))
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    dtype=st.sampled_from(DTYPES),
-    n=st.sampled_from((1, 5)),
-    weighted=st.booleans(),
-)
+@RANDOM_QUERIES
 def test_dot_twice_changes_nothing(seed, dtype, n, weighted):
     a, b, z, w = _query(seed, dtype, (16,), n, weighted)
     once = [np.asarray(o) for o in _dot(a, b, z, w)]
