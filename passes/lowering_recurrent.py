@@ -23,11 +23,16 @@ DEFAULT_ACTIVATIONS = {
 }
 
 
+# direction -> (direction index into W/R/B, whether time runs backwards)
+DIRECTIONS = {"forward": [(0, False)], "reverse": [(0, True)], "bidirectional": [(0, False), (1, True)]}
+
+
 def _check(node, inputs, op):
-    if attr(node, "direction", "forward") != "forward":
-        raise Unsupported(f"direction={attr(node, 'direction')} (forward only so far)")
+    if attr(node, "direction", "forward") not in DIRECTIONS:
+        raise Unsupported(f"direction={attr(node, 'direction')}")
     acts = attr(node, "activations")
-    if acts and [a.lower() for a in acts] != [a.lower() for a in DEFAULT_ACTIVATIONS[op]]:
+    per_direction = len(DIRECTIONS[attr(node, "direction", "forward")])
+    if acts and [a.lower() for a in acts] != [a.lower() for a in DEFAULT_ACTIVATIONS[op]] * per_direction:
         raise Unsupported(f"activations {acts} (the defaults only)")
     if attr(node, "clip") is not None:
         raise Unsupported("cell clipping")
@@ -44,19 +49,22 @@ def _check(node, inputs, op):
 class _Cell:
     """Shared pieces of a recurrent layer: the input term, recurrent reads, bias slices."""
 
-    def __init__(self, lw, node, inputs, gates):
+    def __init__(self, lw, node, inputs, gates, direction=0, backwards=False):
         self.lw, self.node = lw, node
         x = lw.as_view(inputs[0], node)
         if attr(node, "layout", 0):
             x = view(x, Transpose((1, 0, 2)))  # batch-major input -> sequence-major
-        self.x = x
         self.T, self.B, _ = x.shape
+        # a reverse pass is a forward pass over the time-reversed sequence
+        self.order = np.arange(self.T)[::-1].copy() if backwards else None
+        self.x = view(x, Take(0, self.order)) if backwards else x
         self.H = int(attr(node, "hidden_size"))
         self.gates = gates
-        self.W = view(inputs[1], Reshape((gates * self.H, x.shape[2])))
-        self.R = view(inputs[2], Reshape((gates * self.H, self.H)))
-        self.bias = None if len(inputs) < 4 or inputs[3] is None else view(inputs[3], Reshape((2 * gates * self.H,)))
-        self.name = node.outputs[0].name or node.name
+        d = Take(0, np.array([direction]))
+        self.W = view(inputs[1], d, Reshape((gates * self.H, x.shape[2])))
+        self.R = view(inputs[2], d, Reshape((gates * self.H, self.H)))
+        self.bias = None if len(inputs) < 4 or inputs[3] is None else view(inputs[3], d, Reshape((2 * gates * self.H,)))
+        self.name = (node.outputs[0].name or node.name) + (".bwd" if backwards else "")
 
     def rows(self, first: int, count: int) -> np.ndarray:
         return np.arange(first * self.H, (first + count) * self.H)
@@ -100,24 +108,51 @@ class _Cell:
         offset = sum((np.broadcast_to(b.full(), refs[0].shape) for b in biases if isinstance(b, Const)), np.zeros(()))
         return OpenSum(tuple(refs), np.asarray(offset, np.float32), (self.node.name,))
 
-    def outputs(self, h, c=None):
-        """(Y, Y_h[, Y_c]) as views of the stacked state variables."""
-        T, B, H = self.T, self.B, self.H
-        y = view(h, Reshape((T, 1, B, H)))
-        if attr(self.node, "layout", 0):
-            y = view(h, Transpose((1, 0, 2)), Reshape((B, T, 1, H)))
-        last = lambda v: view(v, Take(0, np.array([T - 1])))
-        outs = [y, last(h)] + ([last(c)] if c is not None else [])
-        if attr(self.node, "layout", 0):
-            outs[1:] = [view(o, Transpose((1, 0, 2))) for o in outs[1:]]
-        return outs[: len(self.node.outputs)]
+    def in_time_order(self, ref):
+        """A state variable (in processing order) as the network's (T, B, hidden) sequence."""
+        return view(ref, Take(0, self.order)) if self.order is not None else ref
+
+    def last(self, ref):
+        """The final state of the pass, (1, B, hidden)."""
+        return view(ref, Take(0, np.array([self.T - 1])))
 
 
-def _begin(lw, node, inputs, op):
-    """Check the node, build its cell and declare the stacked hidden state H."""
+def _lower(lw, node, inputs, op, body):
+    """Lower every direction of a recurrent node with ``body(cell, h) -> c or None`` and
+    assemble Y, Y_h (and Y_c): views of the state variables for one direction, concat groups
+    for two."""
     _check(node, inputs, op)
-    cell = _Cell(lw, node, inputs, GATES[op])
-    return cell, lw.declare(f"{cell.name}.H", (cell.T, cell.B, cell.H))
+    passes = []
+    for direction, backwards in DIRECTIONS[attr(node, "direction", "forward")]:
+        cell = _Cell(lw, node, inputs, GATES[op], direction, backwards)
+        h = lw.declare(f"{cell.name}.H", (cell.T, cell.B, cell.H))
+        passes.append((cell, h, body(cell, h)))
+    cell = passes[0][0]
+    T, B, H = cell.T, cell.B, cell.H
+    parts = [
+        [view(c.in_time_order(h), Reshape((T, 1, B, H))) for c, h, _ in passes],
+        [c.last(h) for c, h, _ in passes],
+        [c.last(state) for c, _, state in passes if state is not None],
+    ]
+    outputs = []
+    for i, (out, pieces) in enumerate(zip(node.outputs, parts)):
+        if not pieces or not (out.uses() or out.is_graph_output()):
+            outputs.append(None)  # an unused output needs no constraint
+            continue
+        axis = 1 if i == 0 else 0
+        value = pieces[0] if len(pieces) == 1 else lw.emit(
+            "concat", lw_shape(pieces, axis), [(f"a{k}", p) for k, p in enumerate(pieces)], {"axis": axis}, node,
+            name=out.name)
+        if attr(node, "layout", 0):
+            value = view(value, Transpose((2, 0, 1, 3) if i == 0 else (1, 0, 2)))
+        outputs.append(value)
+    return outputs
+
+
+def lw_shape(pieces, axis):
+    shape = list(pieces[0].shape)
+    shape[axis] = sum(p.shape[axis] for p in pieces)
+    return tuple(shape)
 
 
 def _broadcast_bias(b, T, B):
@@ -130,16 +165,22 @@ def _slice(ref, first, count, H):
 
 @rule("RNN")
 def _rnn(lw, node, inputs):
-    cell, h = _begin(lw, node, inputs, "RNN")
+    return _lower(lw, node, inputs, "RNN", _rnn_pass)
+
+
+def _rnn_pass(cell, h):
     xw = cell.input_term()
     hr = cell.recurrent(cell.shifted(h), 0, 1, "hr")
-    lw.sum_act(cell.gate_sum((xw, hr), cell.biases(0, 1)), "tanh", {}, node, out=h.var)
-    return cell.outputs(h)
+    cell.lw.sum_act(cell.gate_sum((xw, hr), cell.biases(0, 1)), "tanh", {}, cell.node, out=h.var)
 
 
 @rule("LSTM")
 def _lstm(lw, node, inputs):
-    cell, h = _begin(lw, node, inputs, "LSTM")
+    return _lower(lw, node, inputs, "LSTM", _lstm_pass)
+
+
+def _lstm_pass(cell, h):
+    lw, node = cell.lw, cell.node
     T, B, H = cell.T, cell.B, cell.H
     c = lw.declare(f"{cell.name}.C", (T, B, H))
     xw = cell.input_term()
@@ -155,12 +196,16 @@ def _lstm(lw, node, inputs):
     lw.sum_act(OpenSum((fc, ig), np.zeros(()), (node.name,)), "identity", {}, node, out=c.var)
     tc = lw.sum_act(c, "tanh", {}, node, name=f"{cell.name}.tanhC")
     cell.mul(o, tc, out=h.var)
-    return cell.outputs(h, c)
+    return c
 
 
 @rule("GRU")
 def _gru(lw, node, inputs):
-    cell, h = _begin(lw, node, inputs, "GRU")
+    return _lower(lw, node, inputs, "GRU", _gru_pass)
+
+
+def _gru_pass(cell, h):
+    lw, node = cell.lw, cell.node
     T, B, H = cell.T, cell.B, cell.H
     h_prev = cell.shifted(h)
     xw = cell.input_term()
@@ -185,4 +230,3 @@ def _gru(lw, node, inputs):
     keep = cell.mul(z, h_prev, "zh")
     new = cell.mul(one_minus_z, cand, "zc")
     lw.sum_act(OpenSum((keep, new), np.zeros(()), (node.name,)), "identity", {}, node, out=h.var)
-    return cell.outputs(h)

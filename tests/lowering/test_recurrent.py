@@ -9,6 +9,8 @@ from projc.frontend import load_model
 from projc.passes.bipartize import bipartize
 from projc.passes.lower_to_constraints import lower
 from projc.passes.schedule_blocks import schedule
+from projc.backends.reference.constraint_eval import evaluate_program, residuals
+from test_lowering_semantics import _onnxruntime_values
 from test_schedule import check_invariants
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -17,22 +19,24 @@ GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 def _recurrent_model(path, op, steps, hidden=6, features=5, **attrs):
     rng = np.random.default_rng(0)
     g = GATES[op]
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    arr = lambda name, *shape: numpy_helper.from_array(0.5 * rng.standard_normal(shape).astype(np.float32), name)
     inits = [
-        numpy_helper.from_array(rng.standard_normal((1, g * hidden, features)).astype(np.float32), "W"),
-        numpy_helper.from_array(rng.standard_normal((1, g * hidden, hidden)).astype(np.float32), "R"),
-        numpy_helper.from_array(rng.standard_normal((1, 2 * g * hidden)).astype(np.float32), "B"),
-        numpy_helper.from_array(rng.standard_normal((3, hidden)).astype(np.float32), "head"),
-        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        arr("W", dirs, g * hidden, features), arr("R", dirs, g * hidden, hidden), arr("B", dirs, 2 * g * hidden),
+        arr("head", 3, dirs * hidden),
     ]
     nodes = [
         helper.make_node(op, ["x", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, name="rec", **attrs),
-        helper.make_node("Squeeze", ["Y_h", "axes"], ["h"], name="sq"),
+        # (dirs, B, H) -> (B, dirs * H): both directions' final states feed the head
+        helper.make_node("Transpose", ["Y_h"], ["Y_hT"], perm=[1, 0, 2], name="tr"),
+        helper.make_node("Flatten", ["Y_hT"], ["h"], axis=1, name="flat"),
         helper.make_node("Gemm", ["h", "head"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
         nodes, f"{op.lower()}_{steps}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, "batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("Y", TensorProto.FLOAT, [steps, dirs, "batch", hidden])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -57,7 +61,25 @@ def test_recurrent_schedules_into_two_sets(tmp_path, op, attrs):
     assert len(sched.blocks) == 2
 
 
-def test_unsupported_direction_is_reported(tmp_path):
-    path = _recurrent_model(tmp_path / "bi.onnx", "LSTM", 3, direction="reverse")
-    with pytest.raises(Exception, match="direction=reverse"):
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_reverse_and_bidirectional_match_onnxruntime(tmp_path, op, direction):
+    path = _recurrent_model(tmp_path / "m.onnx", op, 4, direction=direction)
+    model = load_model(path, batch_size=2)
+    prog = lower(model)
+    x = np.random.default_rng(2).standard_normal((4, 2, 5)).astype(np.float32)
+    leaves = {"x": x, **{n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}}
+    values = evaluate_program(prog, leaves)
+    reference = _onnxruntime_values(path, {"x": x}, list(prog.views))
+    for name, (var, imap) in prog.views.items():
+        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert {"Y", "Y_h", "logits"} <= set(prog.views)
+    assert max(residuals(prog, values).values()) < 1e-9
+    bipartize(prog)
+    assert len(schedule(prog).blocks) == 2
+
+
+def test_unsupported_attributes_are_reported(tmp_path):
+    path = _recurrent_model(tmp_path / "clip.onnx", "LSTM", 3, clip=1.0)
+    with pytest.raises(Exception, match="cell clipping"):
         lower(load_model(path, batch_size=2))
