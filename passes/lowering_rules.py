@@ -138,6 +138,18 @@ def _nary_sum(lw, node, inputs):
     return [total]
 
 
+@rule("Mean")
+def _nary_mean(lw, node, inputs):
+    """The sum of the inputs (one variable), then a fixed scaling by 1/n."""
+    (total,) = _nary_sum(lw, node, inputs)
+    if isinstance(total, Const):
+        return [Const(total.full() / len(inputs))]
+    shape = lw.shape_of(node.outputs[0])
+    total = broadcast_to(lw.as_view(total, node), shape)
+    coef = np.full((1,), 1.0 / len(inputs), np.float32)
+    return [lw.linear(node, view(total, Reshape((*shape, 1))), coef)]
+
+
 @rule("Concat")
 def _concat(lw, node, inputs):
     shape = lw.shape_of(node.outputs[0])

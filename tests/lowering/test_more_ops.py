@@ -25,7 +25,7 @@ def _model(path):
         helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
         helper.make_node("ReduceMax", ["r2", "ax23"], ["m"], keepdims=0, name="rmax"),
         helper.make_node("ReduceMean", ["r2", "ax23"], ["a"], keepdims=0, name="rmean"),
-        helper.make_node("Add", ["m", "a"], ["f"], name="add"),
+        helper.make_node("Mean", ["m", "a"], ["f"], name="mean"),
         helper.make_node("Gemm", ["f", "head"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(nodes, "more_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7])],
