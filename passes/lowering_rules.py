@@ -205,18 +205,23 @@ def _hard_sigmoid(lw, node, inputs):
 # --- bilinear: dense layers and convolutions ---------------------------------------------------
 
 def _dense(lw, node, a, b, pre: bool = False):
-    """``a @ b`` for a (B, N) and b (N, M): a dot group, or linear when one side is fixed."""
-    (bsz, _), m = a.shape, b.shape[1]
-    a_op = view(a, Broadcast(1, m))  # (B, M, N)
-    b_op = view(b, Transpose((1, 0)), Broadcast(0, bsz))  # (B, M, N)
-    return lw.bilinear(node, a_op, b_op, (bsz, m), pre=pre)
+    """``a @ b`` for a (..., S, N) and b (..., N, T), leading axes broadcast as numpy does: a
+    dot group of shape (..., S, T), or linear when one side is fixed (data or a constant)."""
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise Unsupported(f"MatMul of shapes {a.shape} x {b.shape} (1-D operands are not lowered)")
+    lead = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    (s, n), t = a.shape[-2:], b.shape[-1]
+    a, b = broadcast_to(a, (*lead, s, n)), broadcast_to(b, (*lead, n, t))
+    r = len(lead)
+    swap = (*range(r), r + 1, r)
+    a_op = view(a, Broadcast(r + 1, t))  # (..., S, T, N)
+    b_op = view(b, Transpose(swap), Broadcast(r, s))  # (..., S, T, N)
+    return lw.bilinear(node, a_op, b_op, (*lead, s, t), pre=pre)
 
 
 @rule("MatMul")
 def _matmul(lw, node, inputs):
     a, b = (lw.as_view(x, node) for x in inputs)
-    if len(a.shape) != 2 or len(b.shape) != 2:
-        raise Unsupported(f"MatMul of shapes {a.shape} x {b.shape} (only 2-D is lowered so far)")
     return [_dense(lw, node, a, b)]
 
 

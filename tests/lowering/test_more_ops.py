@@ -49,3 +49,37 @@ def test_conv1d_grouped_conv_hardsigmoid_reductions(tmp_path):
         np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert {"c2", "logits"} <= set(prog.views)
     assert max(residuals(prog, values).values()) < 1e-9
+
+
+def test_batched_matmul_with_weights_and_between_variables(tmp_path):
+    """x W for x (N, S, D) (a linear group, x is data), and q k^T between two variables (a dot
+    group over (N, S, S)), as in attention scores."""
+    rng = np.random.default_rng(0)
+    arr = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+    inits = [arr("wq", 4, 3), arr("wk", 4, 3), arr("head", 2, 5),
+             numpy_helper.from_array(np.array([2], np.int64), "ax")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Relu", ["scores"], ["r"], name="relu"),
+        helper.make_node("ReduceMean", ["r", "ax"], ["m"], keepdims=0, name="mean"),
+        helper.make_node("Gemm", ["m", "head"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(nodes, "scores", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], inits)
+    path = tmp_path / "scores.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    model = load_model(path, batch_size=2)
+    prog = lower(model)
+    kinds = sorted(g.kind for g in prog.groups.values())
+    assert kinds.count("linear") >= 2 and "dot" in kinds
+    x = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)
+    leaves = {"x": x, **{n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}}
+    values = evaluate_program(prog, leaves)
+    reference = _onnxruntime_values(path, {"x": x}, list(prog.views))
+    for name, (var, imap) in prog.views.items():
+        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert {"q", "scores", "logits"} <= set(prog.views)
+    assert max(residuals(prog, values).values()) < 1e-9
