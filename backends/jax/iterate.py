@@ -26,16 +26,23 @@ from projc.passes.schedule_blocks import Schedule
 class BlockProjector:
     """Projections onto the constraints of each block of ``schedule``, given a minibatch."""
 
-    def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array], *, fanout: str = "exact",
-                 loss_lambda: float = 5.0, dtype=jnp.float32):
+    def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array] | None = None, *,
+                 fanout: str = "exact", loss_lambda: float = 5.0, dtype=jnp.float32):
         self.prog, self.colour = schedule.program, schedule.colour
-        self.data = {k: jnp.asarray(v, dtype) for k, v in data.items()}
+        self.data = {k: jnp.asarray(v, dtype) for k, v in (data or {}).items()}
         self.dtype, self.loss_lambda = dtype, loss_lambda
         self.weights = {v: jnp.asarray(self.prog.fanout(v, fanout), dtype)
                         for v, var in self.prog.variables.items() if var.kind is VarKind.HIDDEN}
 
     def nodes(self, block: int) -> list[str]:
         return sorted(n for n, c in self.colour.items() if c == block)
+
+    def with_data(self, data: Mapping[str, jax.Array]) -> "BlockProjector":
+        """The same projector on another minibatch (traceable: ``data`` may hold tracers)."""
+        other = object.__new__(BlockProjector)
+        other.__dict__.update(self.__dict__)
+        other.data = {k: jnp.asarray(v, self.dtype) for k, v in data.items()}
+        return other
 
     def project(self, state: State, block: int) -> State:
         new = dict(state)
