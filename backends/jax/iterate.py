@@ -16,6 +16,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.state import State, consensus, copy_slots, send, slot_key
@@ -107,7 +108,18 @@ def _single(group, ops, y, w):
     return (a,), y2
 
 
-_KERNELS = {"dot": _dot, "mul": _dot, "linear": _linear, "sum_act": _sum_act, "max": _single,
+def _concat(group, ops, y, w):
+    """out = concatenate(parts): an identity constraint on each part's slice of the output."""
+    axis = group.attrs["axis"]
+    parts = [ops[f"a{i}"] for i in range(len(ops))]
+    bounds = np.cumsum([p.shape[axis] for p in parts])[:-1]
+    w = jnp.broadcast_to(w, y.shape)
+    pairs = [KINDS["identity"](p, yi, wi) for p, yi, wi in
+             zip(parts, jnp.split(y, bounds, axis), jnp.split(w, bounds, axis))]
+    return tuple(a for a, _ in pairs), jnp.concatenate([b for _, b in pairs], axis)
+
+
+_KERNELS = {"concat": _concat, "dot": _dot, "mul": _dot, "linear": _linear, "sum_act": _sum_act, "max": _single,
             "identity": _single}
 
 

@@ -45,3 +45,22 @@ def test_douglas_rachford_trains_the_digits_mlp():
             params = step(params, data.x_train[idx], np.eye(10, dtype=np.float32)[data.y_train[idx]])
     after = _accuracy(prog, params, data.x_test, data.y_test)
     assert before < 0.3 and after > 0.93, (before, after, time.perf_counter() - start)
+
+
+def test_a_step_on_a_bidirectional_lstm_with_concat_groups(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lowering"))
+    from test_recurrent import _recurrent_model
+
+    model = load_model(_recurrent_model(tmp_path / "bi.onnx", "LSTM", 4, direction="bidirectional"), batch_size=8)
+    prog = lower(model)
+    assert any(g.kind == "concat" for g in prog.groups.values())
+    bipartize(prog)
+    step = make_step(schedule(prog), iterations=5)
+    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+    rng = np.random.default_rng(0)
+    new = step(params, rng.standard_normal((4, 8, 5)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)])
+    assert set(new) == set(params)
+    assert all(np.isfinite(np.asarray(v)).all() for v in new.values())
+    assert any(not np.allclose(np.asarray(new[k]), params[k]) for k in params)
