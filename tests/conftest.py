@@ -6,3 +6,11 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import projc.backends.jax  # noqa: E402,F401  (enables x64 before any JAX array exists)
+
+from hypothesis import settings  # noqa: E402
+
+# CI must not fail at random: property tests draw the same examples on every run. Explore with
+# new random examples locally with PROJC_HYPOTHESIS=explore.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("explore" if os.environ.get("PROJC_HYPOTHESIS") == "explore" else "ci")
