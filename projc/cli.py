@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from projc.errors import ProjcError
+from projc.fileio import write_atomic
 
 app = typer.Typer(
     name="projc",
@@ -68,19 +69,6 @@ TWO_SET_ALGORITHMS = ("dr", "ap", "dm", "ar")
 ALGORITHMS = TWO_SET_ALGORITHMS + ("cp", "cdr")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _emit_dot(text: str, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(text)
@@ -92,9 +80,9 @@ def _emit_dot(text: str, output: Optional[Path]) -> None:
         if shutil.which("dot") is None:
             raise ProjcError(f"{output}: rendering SVG needs Graphviz's `dot` on PATH; write a .dot file instead")
         svg = subprocess.run(["dot", "-Tsvg"], input=text, capture_output=True, text=True, check=True).stdout
-        _write_atomic(output, svg)
+        write_atomic(output, svg)
     else:
-        _write_atomic(output, text)
+        write_atomic(output, text)
     err.print(f"wrote {output}")
 
 

@@ -8,7 +8,6 @@ inference) and marks initializers as parameters or constants.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from projc.errors import ModelLoadError, ShapeError
+from projc.fileio import write_atomic
 from projc.ir import assign_roles
 
 MIN_OPSET, MAX_OPSET = 7, 28
@@ -144,12 +144,4 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write an ONNX file atomically (temporary name, then rename)."""
     proto = to_proto(model) if isinstance(model, ir.Model) else model
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, proto.SerializeToString())
