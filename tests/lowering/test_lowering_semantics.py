@@ -33,6 +33,20 @@ def _onnxruntime_values(path: Path, feeds: dict, names: list[str]) -> dict:
     return dict(zip(wanted, session.run(wanted, feeds)))
 
 
+def check_against_onnxruntime(path: Path, model, prog, x: np.ndarray) -> dict:
+    """Evaluate ``prog`` forward from the data ``x`` and the model's parameters; every lowered
+    ONNX value (a view of a variable) must match onnxruntime, and every constraint hold."""
+    (x_var,) = [v for v in prog.variables.values() if v.kind is VarKind.DATA]
+    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+    assert all(prog.variables[n].kind is VarKind.PARAM for n in params)
+    values = evaluate_program(prog, {x_var.name: x, **params})
+    reference = _onnxruntime_values(path, {x_var.name: x}, list(prog.views))
+    for name, (var, imap) in prog.views.items():
+        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert max(residuals(prog, values).values()) < 1e-9
+    return values
+
+
 @pytest.mark.parametrize("name", LOWERED)
 def test_program_reproduces_network_and_has_zero_residual(name):
     path = MODELS / f"{name}.onnx"
@@ -40,17 +54,9 @@ def test_program_reproduces_network_and_has_zero_residual(name):
     model = load_model(path, batch_size=batch)
     prog = lower(model)
     verify_program(prog)
-    rng = np.random.default_rng(0)
     (x_var,) = [v for v in prog.variables.values() if v.kind is VarKind.DATA]
-    x = rng.random(x_var.shape).astype(np.float32)
-    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items()}
-    leaves = {x_var.name: x, **{k: v for k, v in params.items() if k in prog.variables}}
-    values = evaluate_program(prog, leaves)
-    reference = _onnxruntime_values(path, {x_var.name: x}, list(prog.views))
-    for name, (var, imap) in prog.views.items():  # every lowered ONNX value, as a view of a variable
-        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    check_against_onnxruntime(path, model, prog, np.random.default_rng(0).random(x_var.shape).astype(np.float32))
     assert "logits" in prog.views and len(prog.views) >= 2
-    assert max(residuals(prog, values).values()) < 1e-9
 
 
 def test_state_size_matches_copies_of_mnist_mlp():

@@ -5,11 +5,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from projc.backends.reference.constraint_eval import evaluate_program, residuals
-from projc.constraints import VarKind
 from projc.frontend import load_model
 from projc.passes.lower_to_constraints import lower
-from test_lowering_semantics import _onnxruntime_values
+from test_lowering_semantics import check_against_onnxruntime
 
 
 def _model(path):
@@ -41,14 +39,8 @@ def test_conv1d_grouped_conv_hardsigmoid_reductions(tmp_path):
     kinds = {g.kind for g in prog.groups.values()}
     assert {"linear", "dot", "sum_act", "max"} <= kinds
     x = np.random.default_rng(1).standard_normal((3, 2, 7)).astype(np.float32)
-    leaves = {"x": x, **{n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}}
-    assert all(prog.variables[n].kind is not VarKind.HIDDEN for n in leaves)
-    values = evaluate_program(prog, leaves)
-    reference = _onnxruntime_values(path, {"x": x}, list(prog.views))
-    for name, (var, imap) in prog.views.items():
-        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    check_against_onnxruntime(path, model, prog, x)
     assert {"c2", "logits"} <= set(prog.views)
-    assert max(residuals(prog, values).values()) < 1e-9
 
 
 def test_batched_matmul_with_weights_and_between_variables(tmp_path):
@@ -76,10 +68,5 @@ def test_batched_matmul_with_weights_and_between_variables(tmp_path):
     kinds = sorted(g.kind for g in prog.groups.values())
     assert kinds.count("linear") >= 2 and "dot" in kinds
     x = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)
-    leaves = {"x": x, **{n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}}
-    values = evaluate_program(prog, leaves)
-    reference = _onnxruntime_values(path, {"x": x}, list(prog.views))
-    for name, (var, imap) in prog.views.items():
-        np.testing.assert_allclose(imap.apply(values[var]), reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    check_against_onnxruntime(path, model, prog, x)
     assert {"q", "scores", "logits"} <= set(prog.views)
-    assert max(residuals(prog, values).values()) < 1e-9
