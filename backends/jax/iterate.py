@@ -12,6 +12,7 @@ First version: the kinds MLPs, CNNs and RNNs lower to, unrolled into one traced 
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import jax
@@ -40,8 +41,7 @@ class BlockProjector:
 
     def with_data(self, data: Mapping[str, jax.Array]) -> "BlockProjector":
         """The same projector on another minibatch (traceable: ``data`` may hold tracers)."""
-        other = object.__new__(BlockProjector)
-        other.__dict__.update(self.__dict__)
+        other = copy.copy(self)
         other.data = {k: jnp.asarray(v, self.dtype) for k, v in data.items()}
         return other
 
