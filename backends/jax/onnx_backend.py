@@ -6,7 +6,7 @@ each run, as the real import pipeline does once shapes are static; floating inpu
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

@@ -257,7 +257,6 @@ def test_nll_loss_with_class_weights_matches_onnxruntime():
 def test_softmax_after_global_average_pool_of_huge_values_is_finite():
     """XLA fuses the mean into both the max and the subtraction of a softmax; without a clamp
     one ulp above the max overflows exp at |x| ~ 1e9 (light_squeezenet gave NaN)."""
-    import onnx
     from onnx import TensorProto, helper
 
     from projc.backends.jax.onnx_backend import ProjcBackend
