@@ -2,8 +2,10 @@
 group same-kind constraints of a block into batched kernels, and estimate the cost.
 
 Constraints of one colour share no copy, so a block's projections run in parallel as one step
-(method.md section 3). Two-set algorithms use a 2-colouring with the loss in block A (after
-``bipartize``); cyclic algorithms accept any number of colours (greedy colouring).
+(method.md section 3). Colourings: ``two-sets`` (a 2-colouring with the loss in block A, after
+``bipartize``) for the two-set algorithms; ``layers`` (breadth-first layers from the loss, each
+an independent set once the graph is bipartite) and ``greedy`` (fewest colours, any graph) for
+the cyclic ones.
 """
 
 from __future__ import annotations
@@ -96,19 +98,34 @@ def _incident_floats(graph: nx.MultiGraph, prog: Program, node: str) -> int:
     return total
 
 
-def colour_graph(graph: nx.MultiGraph, two_sets: bool, root: str = "loss") -> dict[str, int]:
-    if two_sets:
-        colour, conflict = _conflict(graph, root if root in graph else next(iter(graph)))
-        if conflict is not None:
-            raise ProjcError("the constraint graph is not 2-colourable; run the bipartize pass first")
-        return colour
-    return nx.greedy_color(nx.Graph(graph), strategy="largest_first")
+COLOURINGS = ("two-sets", "layers", "greedy")
 
 
-def schedule(prog: Program, two_sets: bool = True) -> Schedule:
+def _layers(graph: nx.MultiGraph, root: str) -> dict[str, int]:
+    """Breadth-first distance from ``root`` (other components from their own first node)."""
+    colour: dict[str, int] = {}
+    for start in [root, *graph.nodes]:
+        if start in graph and start not in colour:
+            colour.update(nx.single_source_shortest_path_length(graph, start))
+    return colour
+
+
+def colour_graph(graph: nx.MultiGraph, colouring: str = "two-sets", root: str = "loss") -> dict[str, int]:
+    """Node -> block index; block 0 holds ``root`` (the loss) for the two-sets and layers colourings."""
+    if colouring not in COLOURINGS:
+        raise ValueError(f"colouring {colouring!r}: expected one of {', '.join(COLOURINGS)}")
+    if colouring == "greedy":
+        return nx.greedy_color(nx.Graph(graph), strategy="largest_first")
+    colour, conflict = _conflict(graph, root if root in graph else next(iter(graph)))
+    if conflict is not None:
+        raise ProjcError("the constraint graph is not 2-colourable; run the bipartize pass first")
+    return colour if colouring == "two-sets" else _layers(graph, root)
+
+
+def schedule(prog: Program, colouring: str = "two-sets") -> Schedule:
     """Colour ``prog`` into blocks and group each block's constraints into kernels."""
     graph = constraint_graph(prog)
-    colour = colour_graph(graph, two_sets)
+    colour = colour_graph(graph, colouring)
     blocks, flops = [], 0
     for c in sorted(set(colour.values())):
         by_sig: dict[tuple, Kernel] = {}
@@ -131,7 +148,7 @@ class ScheduleBlocks(Pass):
     """Constraint program -> :class:`Schedule` (blocks, kernels, cost model)."""
 
     name = "schedule-blocks"
-    two_sets: bool = True
+    colouring: str = "two-sets"
 
     def run(self, prog: Program) -> PassResult:
-        return PassResult(schedule(prog, self.two_sets), True)
+        return PassResult(schedule(prog, self.colouring), True)

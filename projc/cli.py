@@ -123,7 +123,7 @@ def _print_schedule(sched) -> None:
 
 
 def build_schedule(m, loss: str, algorithm: str, logits: Optional[str]):
-    """Lower, bipartize when the algorithm needs two sets, and schedule."""
+    """Lower, bipartize, and schedule into two sets or (cyclic algorithms) breadth-first layers."""
     from projc.passes.bipartize import bipartize
     from projc.passes.lower_to_constraints import lower
     from projc.passes.schedule_blocks import schedule
@@ -131,10 +131,8 @@ def build_schedule(m, loss: str, algorithm: str, logits: Optional[str]):
     if algorithm not in ALGORITHMS:
         raise ProjcError(f"--algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
     prog = lower(m, loss=loss, logits=logits)
-    two_sets = algorithm in TWO_SET_ALGORITHMS
-    if two_sets:
-        bipartize(prog)
-    return schedule(prog, two_sets=two_sets)
+    bipartize(prog)
+    return schedule(prog, "two-sets" if algorithm in TWO_SET_ALGORITHMS else "layers")
 
 
 @app.command()

@@ -29,15 +29,18 @@ class BlockProjector:
     """Projections onto the constraints of each block of ``schedule``, given a minibatch."""
 
     def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array] | None = None, *,
-                 fanout: str = "exact", loss_lambda: float = 5.0, dtype=jnp.float32):
+                 fanout: str = "exact", loss_lambda: float = 5.0, compat: bool = False, dtype=jnp.float32):
         self.prog, self.colour = schedule.program, schedule.colour
+        self.blocks = len(schedule.blocks)
         self.data = {k: jnp.asarray(v, dtype) for k, v in (data or {}).items()}
-        self.dtype, self.loss_lambda = dtype, loss_lambda
+        self.dtype, self.loss_lambda, self.compat = dtype, loss_lambda, compat
+        fanout = "pjax" if compat else fanout
+        self._nodes = {b: sorted(n for n, c in self.colour.items() if c == b) for b in set(self.colour.values())}
         self.weights = {v: jnp.asarray(self.prog.fanout(v, fanout), dtype)
                         for v, var in self.prog.variables.items() if var.kind is VarKind.HIDDEN}
 
     def nodes(self, block: int) -> list[str]:
-        return sorted(n for n, c in self.colour.items() if c == block)
+        return self._nodes.get(block, [])
 
     def with_data(self, data: Mapping[str, jax.Array]) -> "BlockProjector":
         """The same projector on another minibatch (traceable: ``data`` may hold tracers)."""
@@ -70,45 +73,50 @@ class BlockProjector:
         ops = {s.role: self._operand(group, i, state) for i, s in enumerate(group.slots)}
         if group.kind == "loss":
             key = slot_key(group.name, group.slots[0])
-            new[key] = LOSSES[group.attrs["loss"]](ops["v"], ops["y"], self.loss_lambda) \
-                if group.attrs["loss"] != "margin" else LOSSES["margin"](ops["v"], ops["y"])
+            loss = group.attrs["loss"]
+            if loss == "margin":
+                new[key] = LOSSES[loss](ops["v"], ops["y"])
+            elif loss == "cross-entropy":
+                new[key] = LOSSES[loss](ops["v"], ops["y"], self.loss_lambda, compat=self.compat)
+            else:
+                new[key] = LOSSES[loss](ops["v"], ops["y"], self.loss_lambda)
             return
         y = consensus(self.prog, state, group.out, self.dtype)
         w = self.weights[group.out]
-        inputs, y2 = _KERNELS[group.kind](group, ops, y, w)
+        inputs, y2 = _KERNELS[group.kind](group, ops, y, w, self.compat)
         for slot, value in zip((s for s in group.slots if s.copy), inputs):
             new[slot_key(group.name, slot)] = value
         self._broadcast(group.out, y2, new)
 
 
-def _dot(group, ops, y, w):
-    a, b, z = KINDS[group.kind](ops["a"], ops["b"], y, w)
+def _dot(group, ops, y, w, compat):
+    a, b, z = KINDS[group.kind](ops["a"], ops["b"], y, w, compat=compat)
     return (a, b), z
 
 
-def _linear(group, ops, y, w):
+def _linear(group, ops, y, w, compat):
     c = ops["c"] if "c" in ops else group.attrs["c"]
     x, y2 = KINDS["linear"](ops["x"], y, c, group.attrs.get("d", 0.0), w)
     return (x,), y2
 
 
-def _sum_act(group, ops, y, w):
+def _sum_act(group, ops, y, w, compat):
     d = group.attrs.get("d", 0.0)
     xs = [ops[f"x{i}"] for i in range(len(ops))]
     xs[0] = xs[0] + d  # the offset rides on the first input, and comes off again below
     params = {k: v for k, v in group.attrs.items() if k not in ("act", "d")}
-    xs2, y2 = KINDS["sum_act"](tuple(xs), y, group.attrs["act"], w, **params)
+    xs2, y2 = KINDS["sum_act"](tuple(xs), y, group.attrs["act"], w, compat=compat, **params)
     xs2 = list(xs2)
     xs2[0] = xs2[0] - d
     return tuple(xs2), y2
 
 
-def _single(group, ops, y, w):
+def _single(group, ops, y, w, compat):
     a, y2 = KINDS[group.kind](ops["a"], y, w)
     return (a,), y2
 
 
-def _concat(group, ops, y, w):
+def _concat(group, ops, y, w, compat):
     """out = concatenate(parts): an identity constraint on each part's slice of the output."""
     axis = group.attrs["axis"]
     parts = [ops[f"a{i}"] for i in range(len(ops))]
@@ -123,20 +131,6 @@ _KERNELS = {"concat": _concat, "dot": _dot, "mul": _dot, "linear": _linear, "sum
             "identity": _single}
 
 
-def douglas_rachford(projector: BlockProjector, state: State, iterations: int, lam: float = 0.5) -> State:
-    """``x <- (1 - lam) x + lam R_B(R_A(x))``, block A (with the loss) first."""
-
-    def reflect(x, block):
-        p = projector.project(x, block)
-        return jax.tree.map(lambda pi, xi: 2 * pi - xi, p, x)
-
-    def step(x, _):
-        r = reflect(reflect(x, 0), 1)
-        return jax.tree.map(lambda xi, ri: (1 - lam) * xi + lam * ri, x, r), None
-
-    return jax.lax.scan(step, state, None, length=iterations)[0]
-
-
 def read_parameters(projector: BlockProjector, state: State) -> dict[str, jax.Array]:
     """Parameters from the consensus of their copies (method.md section 3)."""
     prog = projector.prog
@@ -144,10 +138,4 @@ def read_parameters(projector: BlockProjector, state: State) -> dict[str, jax.Ar
             for v, var in prog.variables.items() if var.kind is VarKind.PARAM}
 
 
-def fixed_point_residual(before: State, after: State) -> jax.Array:
-    """``|x_{k+1} - x_k|`` over the whole state."""
-    sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), before, after)
-    return jnp.sqrt(sum(jax.tree.leaves(sq)))
-
-
-__all__ = ["BlockProjector", "douglas_rachford", "fixed_point_residual", "read_parameters"]
+__all__ = ["BlockProjector", "read_parameters"]

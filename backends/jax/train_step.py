@@ -1,32 +1,90 @@
 """One minibatch of gradient-free training as one jitted function (method.md section 3):
 initialise the state by a forward pass at the current parameters, run the algorithm's
-iterations in a ``lax.scan``, read the parameters from the consensus of the final state."""
+iterations in a ``lax.scan``, read the parameters from the consensus of the final state.
+
+The step returns the new parameters and the minibatch's diagnostics: the fixed-point residual
+of every iteration, the constraint violation of the final state, and whether every new
+parameter is finite (a diverged run keeps its last good parameters).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
-from projc.backends.jax.iterate import BlockProjector, douglas_rachford, read_parameters
+from projc.backends.jax import algorithms
+from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
-from projc.backends.jax.state import init_state
-from projc.constraints import VarKind
+from projc.backends.jax.state import init_state, send
+from projc.constraints import Program, Slot, VarKind
 from projc.passes.schedule_blocks import Schedule
 
 
-def make_step(schedule: Schedule, *, iterations: int = 50, lam: float = 0.5, fanout: str = "exact",
-              loss_lambda: float = 5.0) -> Callable:
-    """``step(params, x, labels) -> params`` for Douglas-Rachford on ``schedule``."""
-    prog = schedule.program
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything that shapes the compiled step besides the schedule."""
+
+    algorithm: str = "dr"
+    iterations: int = 50
+    lam: float = 0.5  # Douglas-Rachford relaxation
+    beta: float = 1.0  # difference-map parameter
+    loss_lambda: float = 5.0  # weight of the loss in its proximal operator
+    fanout: str = "exact"
+    compat: bool = False  # the reference framework's operators
+    monitor: bool = True  # per-iteration residuals (one more pass over the state)
+
+
+def io_names(prog: Program) -> tuple[str, str, Slot]:
+    """(data variable, label variable, the loss's logits slot) of a lowered program."""
     (data,) = [v.name for v in prog.variables.values() if v.kind is VarKind.DATA]
     (label,) = [v.name for v in prog.variables.values() if v.kind is VarKind.LABEL]
-    projector = BlockProjector(schedule, fanout=fanout, loss_lambda=loss_lambda)
+    loss = next(g for g in prog.groups.values() if g.kind == "loss")
+    return data, label, next(s for s in loss.slots if s.role == "v")
+
+
+def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides) -> Callable:
+    """``step(params, x, labels) -> (params, stats)``, jitted.
+
+    ``stats`` holds ``residuals`` (one per iteration, empty without ``monitor``),
+    ``violation`` (of the final state) and ``finite`` (every new parameter finite).
+    """
+    config = dataclasses.replace(config or StepConfig(), **overrides)
+    algo = algorithms.get(config.algorithm)
+    prog = schedule.program
+    data, label, _ = io_names(prog)
+    projector = BlockProjector(schedule, fanout=config.fanout, loss_lambda=config.loss_lambda,
+                               compat=config.compat)
+    if algo.two_sets and projector.blocks != 2:
+        raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 
     @jax.jit
     def step(params, x, labels):
         state = init_state(prog, forward_values(prog, {data: x, **params}))
         proj = projector.with_data({data: x, label: labels})
-        return read_parameters(proj, douglas_rachford(proj, state, iterations, lam))
+        final, residuals = algorithms.run(proj.project, proj.blocks, state, config.algorithm, config.iterations,
+                                          lam=config.lam, beta=config.beta, monitor=config.monitor)
+        new = read_parameters(proj, final)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
+        stats = {"residuals": residuals, "finite": finite}
+        if config.monitor:
+            stats["violation"] = algorithms.violation(proj.project, proj.blocks, final)
+        return new, stats
 
     return step
+
+
+def make_predict(prog: Program) -> Callable:
+    """``predict(params, x) -> logits``, jitted: the forward pass of the lowered program."""
+    data, _, logits = io_names(prog)
+
+    @jax.jit
+    def predict(params, x):
+        return send(logits.imap, forward_values(prog, {data: x, **params})[logits.var])
+
+    return predict
+
+
+__all__ = ["StepConfig", "io_names", "make_predict", "make_step"]

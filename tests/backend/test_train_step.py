@@ -42,7 +42,8 @@ def test_douglas_rachford_trains_the_digits_mlp():
         order = rng.permutation(len(data.x_train))
         for i in range(0, len(order) - BATCH + 1, BATCH):
             idx = order[i:i + BATCH]
-            params = step(params, data.x_train[idx], np.eye(10, dtype=np.float32)[data.y_train[idx]])
+            params, stats = step(params, data.x_train[idx], np.eye(10, dtype=np.float32)[data.y_train[idx]])
+            assert bool(stats["finite"]) and stats["residuals"].shape == (50,)
     after = _accuracy(prog, params, data.x_test, data.y_test)
     assert before < 0.3 and after > 0.93, (before, after, time.perf_counter() - start)
 
@@ -60,7 +61,7 @@ def test_a_step_on_a_bidirectional_lstm_with_concat_groups(tmp_path):
     step = make_step(schedule(prog), iterations=5)
     params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
     rng = np.random.default_rng(0)
-    new = step(params, rng.standard_normal((4, 8, 5)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)])
+    new, _ = step(params, rng.standard_normal((4, 8, 5)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)])
     assert set(new) == set(params)
     assert all(np.isfinite(np.asarray(v)).all() for v in new.values())
     assert any(not np.allclose(np.asarray(new[k]), params[k]) for k in params)

@@ -97,7 +97,7 @@ def test_bipartize_repairs_an_odd_cycle_and_keeps_the_solutions(tmp_path):
 
 def test_cyclic_schedule_accepts_odd_cycles(tmp_path):
     prog = lower(load_model(_fused_residual(tmp_path / "r.onnx"), batch_size=2))
-    sched = schedule(prog, two_sets=False)
+    sched = schedule(prog, "greedy")
     check_invariants(prog, sched)
     assert len(sched.blocks) >= 3
 

@@ -1,0 +1,131 @@
+"""The projection algorithms of method.md section 3, over the blocks of a schedule.
+
+Each algorithm is one iteration ``x -> x'`` written with the block projections ``P_i`` of a
+:class:`~projc.backends.jax.iterate.BlockProjector` (block 0 holds the loss and is projected
+first). Two-set algorithms need exactly two blocks; the cyclic ones take any number (the
+schedule's BFS layers from the loss). :func:`run` scans an algorithm over the iterations of a
+minibatch and returns the per-iteration fixed-point residual ``|x_{k+1} - x_k|``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from projc.backends.jax.state import State
+
+Project = Callable[[State, int], State]
+
+
+def _lin(a: float, x: State, b: float, y: State) -> State:
+    """``a x + b y`` leaf by leaf."""
+    return jax.tree.map(lambda u, v: a * u + b * v, x, y)
+
+
+def _reflect(project: Project, x: State, i: int) -> State:
+    return _lin(2.0, project(x, i), -1.0, x)
+
+
+def _ap(project, x, k, hp):
+    return project(project(x, 0), 1)
+
+
+def _dr(project, x, k, hp):
+    lam = hp["lam"]
+    return _lin(1.0 - lam, x, lam, _reflect(project, _reflect(project, x, 0), 1))
+
+
+def _ar(project, x, k, hp):
+    return _reflect(project, _reflect(project, x, 0), 1)
+
+
+def _dm(project, x, k, hp):
+    beta = hp["beta"]
+    pb = project(x, 1)
+    if beta == 1.0:  # f_A = x: three projections instead of four
+        f_b = _lin(2.0, pb, -1.0, x)
+        return jax.tree.map(lambda xi, pa, pbi: xi + pa - pbi, x, project(f_b, 0), pb)
+    f_a = _lin(1.0 - 1.0 / beta, project(x, 0), 1.0 / beta, x)
+    f_b = _lin(1.0 + 1.0 / beta, pb, -1.0 / beta, x)
+    return jax.tree.map(lambda xi, pa, pbi: xi + beta * (pa - pbi), x, project(f_b, 0), project(f_a, 1))
+
+
+def _cp(project, x, k, hp):
+    for i in range(k):
+        x = project(x, i)
+    return x
+
+
+def _cdr(project, x, k, hp):
+    for i in range(k):
+        r = _reflect(project, _reflect(project, x, i), (i + 1) % k)
+        x = _lin(0.5, x, 0.5, r)
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """One iteration rule and what it needs of the schedule."""
+
+    name: str
+    title: str
+    iterate: Callable
+    two_sets: bool
+    projections: Callable[[int], int]  # block projections per iteration, given K blocks
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    Algorithm("dr", "Douglas-Rachford", _dr, True, lambda k: 2),
+    Algorithm("ap", "alternating projections", _ap, True, lambda k: 2),
+    Algorithm("dm", "difference map", _dm, True, lambda k: 3),
+    Algorithm("ar", "alternating reflections", _ar, True, lambda k: 2),
+    Algorithm("cp", "cyclic projections", _cp, False, lambda k: k),
+    Algorithm("cdr", "cyclic Douglas-Rachford", _cdr, False, lambda k: 2 * k),
+)}
+
+
+def get(name: str) -> Algorithm:
+    """The algorithm called ``name``; a clear error for anything else."""
+    from projc.errors import ProjcError
+
+    if name not in ALGORITHMS:
+        raise ProjcError(f"algorithm {name!r}: expected one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def distance(x: State, y: State) -> jax.Array:
+    """``|x - y|`` over the whole state."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))))
+
+
+def run(project: Project, blocks: int, state: State, algorithm: str, iterations: int, *,
+        lam: float = 0.5, beta: float = 1.0, monitor: bool = True) -> tuple[State, jax.Array]:
+    """``iterations`` iterations of ``algorithm`` from ``state`` in one ``lax.scan``.
+
+    Returns the final state and the fixed-point residual of every iteration (an empty array
+    when ``monitor`` is off, which saves one pass over the state per iteration).
+    """
+    algo = get(algorithm)
+    if algo.two_sets and blocks != 2:
+        raise ValueError(f"{algo.title} needs a two-block schedule, got {blocks} blocks")
+    hp = {"lam": lam, "beta": beta}
+
+    def body(x, _):
+        new = algo.iterate(project, x, blocks, hp)
+        return new, (distance(new, x) if monitor else None)
+
+    final, residuals = jax.lax.scan(body, state, None, length=iterations)
+    return final, (residuals if monitor else jnp.zeros((0,), jnp.float32))
+
+
+def violation(project: Project, blocks: int, state: State) -> jax.Array:
+    """How far the shadow point ``s = P_0(x)`` is from the other constraint sets:
+    ``sqrt(sum_i |P_i(s) - s|^2)``; zero exactly at a feasible point."""
+    shadow = project(state, 0)
+    return jnp.sqrt(sum(jnp.square(distance(project(shadow, i), shadow)) for i in range(1, blocks)))
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "distance", "get", "run", "violation"]
