@@ -279,3 +279,6 @@ def main() -> None:
                   "(this is a bug in projc; rerun with PROJC_DEBUG=1 for the traceback)",
                   markup=True, highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+from projc import cli_train  # noqa: E402,F401 - registers `compile` and `train` on the app

@@ -116,3 +116,15 @@ def evaluate(
         diff = float(np.max(np.abs(ours - theirs)))
         agree = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
     return EvalResult(str(path), data.name, split, len(x), acc, acc_ort, diff, agree, t_ours, t_theirs)
+
+
+def onnxruntime_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Accuracy of the ONNX file at ``path`` under onnxruntime (the check on an exported model)."""
+    from projc.frontend import read_model
+
+    model = read_model(path)
+    value = _single_input(model, str(path))
+    out_index, _ = _logits_output(model, str(path))
+    fixed = value.shape[0] if value.shape is not None and isinstance(value.shape[0], int) else batch_size
+    scores = _run_onnxruntime(Path(path), value.name, x.astype(np.float32), fixed, out_index)
+    return float(np.mean(scores.argmax(-1) == y))

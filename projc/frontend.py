@@ -145,3 +145,25 @@ def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike) -> No
     """Write an ONNX file atomically (temporary name, then rename)."""
     proto = to_proto(model) if isinstance(model, ir.Model) else model
     write_atomic(path, proto.SerializeToString())
+
+
+def save_with_initializers(model: bytes | onnx.ModelProto, values: Mapping[str, "np.ndarray"],
+                           path: str | os.PathLike) -> None:
+    """Write ``model`` with the initializers named in ``values`` replaced (same graph, same
+    dtypes and shapes), atomically; a name or shape that does not match is an error."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model) if isinstance(model, onnx.ModelProto) else proto.ParseFromString(model)
+    by_name = {init.name: init for init in proto.graph.initializer}
+    for name, value in values.items():
+        if name not in by_name:
+            raise ModelLoadError(f"{path}: the model has no initializer {name!r} to write")
+        old = by_name[name]
+        value = np.asarray(value)
+        if tuple(old.dims) != value.shape:
+            raise ShapeError(f"{path}: initializer {name!r} has shape {list(old.dims)}, the new value {list(value.shape)}")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
+        old.CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+    write_atomic(path, proto.SerializeToString())

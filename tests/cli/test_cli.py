@@ -9,7 +9,8 @@ from test_errors import run_cli
 
 
 def test_public_surface_is_pinned():
-    assert projc.__all__ == ["Forward", "ProjcError", "__version__", "evaluate", "load_dataset", "load_model"]
+    assert projc.__all__ == ["CompiledProgram", "Forward", "ProjcError", "TrainResult", "__version__", "compile",
+                             "evaluate", "load_dataset", "load_model", "load_program"]
     for name in projc.__all__:
         assert getattr(projc, name) is not None
 
@@ -17,7 +18,7 @@ def test_public_surface_is_pinned():
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "projc", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("inspect", "eval", "ops", "conformance"):
+    for command in ("compile", "train", "inspect", "eval", "ops", "conformance"):
         assert command in result.stdout
 
 

@@ -1,0 +1,159 @@
+"""The compiled artifact ``model.projc``: a directory that trains in a new process on its own.
+
+Layout (schema ``projc.artifact``, version 1)::
+
+    manifest.json     schema version, projc and JAX versions, source path and sha256, input,
+                      classes, parameters, training configuration, platforms
+    model.onnx        the source model, external data inlined (the graph trained ONNX is written into)
+    schedule.json     the constraint schedule (schema projc.schedule)
+    params.npz        the parameters to start from
+    step.jaxexport    the minibatch step, serialised with ``jax.export`` for the batch size and platforms
+    predict.jaxexport the forward pass to the logits, likewise
+
+The directory is written under a temporary name and renamed into place, so a failure never
+leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from projc.errors import ModelLoadError, ProjcError
+
+SCHEMA, VERSION = "projc.artifact", 1
+FILES = ("manifest.json", "model.onnx", "schedule.json", "params.npz", "step.jaxexport", "predict.jaxexport")
+
+
+def _specs(program):
+    import jax
+
+    params = {k: jax.ShapeDtypeStruct(v.shape, np.float32) for k, v in program.params.items()}
+    x = jax.ShapeDtypeStruct(program.input_shape, np.float32)
+    labels = jax.ShapeDtypeStruct((program.batch_size, program.classes), np.float32)
+    return params, x, labels
+
+
+def export_step(program, platforms: tuple[str, ...] = ("cpu",)):
+    """The program's step and forward pass as ``jax.export.Exported`` objects."""
+    from jax import export
+
+    params, x, labels = _specs(program)
+    step = export.export(program.step, platforms=platforms)(params, x, labels)
+    predict = export.export(program._predict, platforms=platforms)(params, x)
+    return step, predict
+
+
+def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = None) -> Path:
+    """Write ``program`` as an artifact directory at ``path`` (replacing one that is there)."""
+    import io
+
+    import jax
+
+    from projc import __version__
+
+    path = Path(path)
+    platforms = tuple(platforms or program.platforms)
+    try:
+        step, predict = export_step(program, platforms)
+    except ValueError as exc:
+        raise ProjcError(f"{path}: cannot export the step for platforms {', '.join(platforms)}: {exc}") from None
+    manifest = {
+        "schema": SCHEMA, "version": VERSION, "projc": __version__, "jax": jax.__version__,
+        "source": {"path": program.source.path, "sha256": program.source.sha256},
+        "input": {"name": program.input_name, "shape": list(program.input_shape), "dtype": "float32"},
+        "classes": program.classes,
+        "parameters": {k: list(v.shape) for k, v in program.params.items()},
+        "config": program.config.as_dict(),
+        "platforms": list(platforms),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **program.params)
+    contents = {
+        "manifest.json": json.dumps(manifest, indent=1) + "\n",
+        "model.onnx": program.source.onnx,
+        "schedule.json": json.dumps(program.schedule_json, indent=1) + "\n",
+        "params.npz": buf.getvalue(),
+        "step.jaxexport": bytes(step.serialize()),
+        "predict.jaxexport": bytes(predict.serialize()),
+    }
+    if path.exists() and not (path / "manifest.json").exists():
+        raise ProjcError(f"{path}: exists and is not a projc artifact; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary output directory
+    try:
+        for name, data in contents.items():
+            (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
+        old = None
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / "manifest.json").exists()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of the artifact at ``path``, checked for schema and completeness."""
+    path = Path(path)
+    if not is_artifact(path):
+        raise ModelLoadError(f"{path}: not a projc artifact (no manifest.json)")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}/manifest.json: not valid JSON ({exc})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise ModelLoadError(f"{path}: manifest schema {manifest.get('schema')!r} is not {SCHEMA!r}")
+    if manifest.get("version") != VERSION:
+        raise ModelLoadError(f"{path}: artifact version {manifest.get('version')} is not supported "
+                             f"(this projc reads version {VERSION}); recompile the model")
+    missing = [f for f in FILES if not (path / f).exists()]
+    if missing:
+        raise ModelLoadError(f"{path}: incomplete artifact, missing {', '.join(missing)}")
+    return manifest
+
+
+def load(path: str | os.PathLike):
+    """The :class:`~projc.program.CompiledProgram` saved at ``path``, its step deserialised."""
+    import jax
+    from jax import export
+
+    from projc.program import CompiledProgram, Source, TrainConfig
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    platform = jax.default_backend()
+    if platform not in manifest["platforms"]:
+        raise ProjcError(f"{path}: compiled for {', '.join(manifest['platforms'])}, but JAX runs on {platform}; "
+                         f"recompile with --platform {platform}")
+    onnx_bytes = (path / "model.onnx").read_bytes()
+    with np.load(path / "params.npz") as f:
+        params = {k: f[k] for k in f.files}
+    step = export.deserialize(bytearray((path / "step.jaxexport").read_bytes()))
+    predict = export.deserialize(bytearray((path / "predict.jaxexport").read_bytes()))
+    src = manifest["source"]
+    return CompiledProgram(
+        config=TrainConfig.from_dict(manifest["config"]),
+        source=Source(src["path"], src["sha256"], onnx_bytes),
+        input_name=manifest["input"]["name"], input_shape=tuple(manifest["input"]["shape"]),
+        classes=int(manifest["classes"]), params=params, step=jax.jit(step.call), predict=jax.jit(predict.call),
+        schedule_json=json.loads((path / "schedule.json").read_text()), platforms=tuple(manifest["platforms"]),
+    )
+
+
+__all__ = ["FILES", "export_step", "is_artifact", "load", "read_manifest", "save"]
