@@ -33,19 +33,73 @@ BetaOpt = typer.Option(None, "--beta", help="Difference-map beta [default: 1].")
 LossLambdaOpt = typer.Option(None, "--loss-lambda", help="Weight of the loss in its proximal operator [default: 5].")
 CompatOpt = typer.Option(None, "--pjax-compat/--exact", help="The reference framework PJAX's operators, for comparison [default: exact].")
 LogitsOpt = typer.Option(None, "--logits", help="The value the loss acts on (default: the output, head stripped).")
+DevicesOpt = typer.Option(None, "--devices", help="Shard the state over N devices (all processes' in a multi-process run) [default: 1].")
+ModelParallelOpt = typer.Option(None, "--model-parallel", help="Of those devices, how many split the neurons of large layers [default: 1].")
+CoordinatorOpt = typer.Option(None, "--coordinator", help="Multi-process: address:port of process 0 [env: JAX_COORDINATOR_ADDRESS].")
+NumProcessesOpt = typer.Option(None, "--num-processes", help="Multi-process: how many processes [env: JAX_NUM_PROCESSES].")
+ProcessIdOpt = typer.Option(None, "--process-id", help="Multi-process: this process's index, 0 to N-1 [env: JAX_PROCESS_ID].")
 
 
-def _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits) -> dict:
+def _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
+                     devices=None, model_parallel=None) -> dict:
     """The compile flags the user gave (None = not given)."""
     given = {"batch_size": batch_size, "dims": _parse_dims(dim) or None, "loss": loss, "algorithm": algorithm,
              "iterations": iterations, "lam": lam, "beta": beta, "loss_lambda": loss_lambda,
-             "pjax_compat": pjax_compat, "logits": logits}
+             "pjax_compat": pjax_compat, "logits": logits, "devices": devices, "model_parallel": model_parallel}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _distributed(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int]) -> Optional[int]:
+    """Join a multi-process run when asked (flags, else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID); returns this process's index, or None when running alone."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num = num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
+    pid = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    if coordinator is None and num is None and pid is None:
+        return None
+    if coordinator is None or num is None or pid is None:
+        raise ProjcError("a multi-process run needs --coordinator, --num-processes and --process-id "
+                         "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+    try:
+        num, pid = int(num), int(pid)
+    except ValueError:
+        raise ProjcError(f"--num-processes {num!r} / --process-id {pid!r}: expected integers") from None
+    if not 0 <= pid < num:
+        raise ProjcError(f"--process-id {pid}: must lie in 0..{num - 1} for --num-processes {num}")
+    import jax
+
+    jax.distributed.initialize(coordinator, num_processes=num, process_id=pid)
+    return pid
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk, so a second run of the same model starts at once.
+
+    The cache lives in ``$PROJC_CACHE_DIR`` or ``$XDG_CACHE_HOME/projc/xla`` (``~/.cache``);
+    ``PROJC_CACHE_DIR=off`` turns it off."""
+    import os
+
+    import jax
+
+    where = os.environ.get("PROJC_CACHE_DIR")
+    if where == "off":
+        return
+    if not where:
+        where = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "projc", "xla")
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError:
+        return  # a read-only home: run without the cache rather than fail
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _compile(model: Path, options: dict):
     from projc.program import compile as compile_program
 
+    enable_compilation_cache()
     return compile_program(model, **options)
 
 
@@ -54,10 +108,11 @@ def _open(model: Path, options: dict):
     from projc.artifact import is_artifact, load
 
     if is_artifact(model):
+        mesh = {k: options.pop(k) for k in ("devices", "model_parallel") if k in options}
         if options:
             flags = ", ".join("--" + k.replace("_", "-").replace("lam", "lambda") for k in options)
             raise ProjcError(f"{model}: a compiled artifact fixes {flags}; recompile the ONNX model to change them")
-        return load(model)
+        return load(model, **mesh)  # --devices on an artifact re-shards it
     return _compile(model, options)
 
 
@@ -75,12 +130,15 @@ def compile_(
     loss_lambda: Optional[float] = LossLambdaOpt,
     pjax_compat: Optional[bool] = CompatOpt,
     logits: Optional[str] = LogitsOpt,
+    devices: Optional[int] = DevicesOpt,
+    model_parallel: Optional[int] = ModelParallelOpt,
     platform: str = typer.Option("cpu", "--platform", help="Platforms to export the step for, comma-separated: cpu, cuda, rocm, tpu."),
     emit: Optional[Emit] = typer.Option(None, "--emit", help="Print (or write to -o) one stage instead: ir, constraints, schedule, stablehlo, dot."),
 ) -> None:
     """Compile an ONNX model into a self-contained projection program (an artifact directory
     that `projc train` runs without the source model)."""
-    options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits)
+    options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
+                               devices, model_parallel)
     program = _compile(model, options)
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
     if emit is not None:
@@ -98,7 +156,8 @@ def compile_(
     c = program.config
     out.print(f"compiled {model} -> {output}: {c.algorithm} x{c.iterations} per minibatch, batch {c.batch_size}, "
               f"loss {c.loss}, {sum(v.size for v in program.params.values()):,} parameters, "
-              f"state {program.schedule.state_floats:,} floats, platforms {', '.join(platforms)}", highlight=False)
+              f"state {program.schedule.state_floats:,} floats, platforms {', '.join(platforms)}"
+              + (f", {c.devices} devices" if c.devices > 1 else ""), highlight=False)
 
 
 def _emit_stage(program, emit: Emit, platforms: tuple[str, ...]) -> str:
@@ -144,18 +203,38 @@ def train(
     loss_lambda: Optional[float] = LossLambdaOpt,
     pjax_compat: Optional[bool] = CompatOpt,
     logits: Optional[str] = LogitsOpt,
+    devices: Optional[int] = DevicesOpt,
+    model_parallel: Optional[int] = ModelParallelOpt,
+    coordinator: Optional[str] = CoordinatorOpt,
+    num_processes: Optional[int] = NumProcessesOpt,
+    process_id: Optional[int] = ProcessIdOpt,
     format: Format = FormatOpt,
 ) -> None:
     """Train a model without gradients on a data set and write the trained ONNX model."""
     from projc.datasets import load_dataset
 
-    options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits)
+    options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
+                               devices, model_parallel)
+    rank = _distributed(coordinator, num_processes, process_id)
+    if rank is not None and "devices" not in options:
+        import jax
+
+        options["devices"] = jax.device_count()  # a multi-process run shards over every process's devices
+    rank = rank or 0
     dataset = load_dataset(data)
     program = _open(model, options)
     output = output or Path(Path(program.source.path).stem + ".trained.onnx")
+    if rank > 0:  # every process trains alike; process 0 alone writes files and reports
+        checkpoint = log = plot = None
+        if resume:
+            raise ProjcError("--resume: only a single-process run resumes from a checkpoint")
     result = program.train(dataset, epochs=epochs, seed=seed, validation=validation, patience=patience,
                            checkpoint=checkpoint, resume=resume, log=log, plot=plot,
-                           progress=progress and format == Format.text)
+                           progress=progress and format == Format.text and rank == 0)
+    if rank > 0:
+        if result.stopped == "diverged":
+            raise ProjcError(result.message)
+        return
     program.export_onnx(output)
     ort = None
     if verify:
