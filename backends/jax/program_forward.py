@@ -2,8 +2,9 @@
 
 Used to initialise each minibatch's state at the forward pass (method.md section 3). Groups
 stacked over time read their own variable shifted by one step, so a recurrent program is swept
-``T + 1`` times (each sweep settles one more step); an acyclic one needs a single sweep in
-dependency order.
+``T + 1`` times (each sweep settles one more step) inside a ``lax.fori_loop``, so that the
+traced program, and its compile time, do not grow with the sequence length; an acyclic one
+needs a single sweep in dependency order.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def forward_values(prog: Program, leaves: Mapping[str, jax.Array], dtype=jnp.flo
         if v.kind is VarKind.HIDDEN:
             values.setdefault(v.name, jnp.zeros(v.shape, dtype))
     order, sweeps = evaluation_plan(prog)
-    for _ in range(sweeps):
+
+    def sweep(_, values):
+        values = dict(values)
         for g in order:
             values[g.out] = FORWARD[g.kind](g, _operands(g, values)).astype(dtype)
-    return values
+        return values
+
+    return sweep(0, values) if sweeps == 1 else jax.lax.fori_loop(0, sweeps, sweep, values)

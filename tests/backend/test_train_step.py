@@ -65,3 +65,27 @@ def test_a_step_on_a_bidirectional_lstm_with_concat_groups(tmp_path):
     assert set(new) == set(params)
     assert all(np.isfinite(np.asarray(v)).all() for v in new.values())
     assert any(not np.allclose(np.asarray(new[k]), params[k]) for k in params)
+
+
+def test_the_traced_step_does_not_grow_with_sequence_length(tmp_path):
+    """Compile time follows the traced program; a recurrence is stacked over time and its
+    forward sweeps run in a loop, so 64 steps trace to the same program as 8."""
+    import jax
+
+    sys_path = str(Path(__file__).resolve().parents[1] / "lowering")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    from test_recurrent import _recurrent_model
+
+    sizes = []
+    for steps in (8, 64):
+        model = load_model(_recurrent_model(tmp_path / f"lstm{steps}.onnx", "LSTM", steps), batch_size=4)
+        prog = lower(model)
+        bipartize(prog)
+        step = make_step(schedule(prog), iterations=3)
+        params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+        x = np.zeros((steps, 4, 5), np.float32)
+        jaxpr = jax.make_jaxpr(step)(params, x, np.zeros((4, 3), np.float32))
+        sizes.append(len(str(jaxpr)))
+    assert sizes[1] < 1.05 * sizes[0], sizes

@@ -1,0 +1,149 @@
+"""The performance suite (issue 6): per model and algorithm, what one iteration costs.
+
+For each (model, algorithm) it prints and records:
+- compile time of the minibatch step (``jax.jit(...).lower(...).compile()``, wall clock);
+- time per iteration: the median over repeats of ``--iterations`` iterations run in one
+  compiled ``lax.scan`` from a forward-pass state, divided by the count;
+- state bytes, and XLA's cost analysis of one iteration (bytes accessed, flops);
+- memory of the compiled step (arguments, outputs and temporaries, from XLA's memory analysis);
+- the bandwidth ratio: time per iteration over the time of streaming the state once in and
+  once out (a jitted ``x + 1`` over every state array, measured in the same run).
+
+Run: ``python benchmarks/suite.py [--only NAME ...] [--json out.json]``; compare two result
+files with ``python benchmarks/suite.py compare old.json new.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import projc
+from projc.backends.jax import algorithms
+from projc.backends.jax.iterate import BlockProjector
+from projc.backends.jax.program_forward import forward_values
+from projc.backends.jax.state import init_state
+from projc.backends.jax.train_step import io_names
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    model: str
+    data: str
+    algorithm: str = "dr"
+    batch: int = 256
+
+
+CASES = [
+    Case("mlp784-128-dr", "mlp_mnist_128.onnx", "mnist5k"),
+    Case("mlp784-128-ap", "mlp_mnist_128.onnx", "mnist5k", "ap"),
+    Case("mlp784-64-dr", "mlp_mnist.onnx", "mnist5k"),
+    Case("mlp64-32-dr", "mlp_digits.onnx", "digits"),
+    Case("mlp40-128-dr", "mlp_mnist1d.onnx", "mnist1d"),
+    Case("cnn-digits-dr", "cnn_digits.onnx", "digits"),
+    Case("lstm-digits-dr", "lstm_digits.onnx", "digits"),
+]
+
+
+def _median_time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(case: Case, iterations: int, repeats: int) -> dict:
+    program = projc.compile(MODELS / case.model, batch_size=case.batch, algorithm=case.algorithm)
+    sched = program.schedule
+    prog = sched.program
+    data_var, label_var, _ = io_names(prog)
+    x, y, _, _ = program.fit(projc.load_dataset(case.data))
+    xb, lb = x[:case.batch], program.one_hot(y[:case.batch])
+
+    start = time.perf_counter()
+    compiled_step = program.step.lower(program.params, xb, lb).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled_step.memory_analysis()
+
+    proj = BlockProjector(sched).with_data({data_var: xb, label_var: lb})
+    state = jax.jit(lambda p: init_state(prog, forward_values(prog, {data_var: xb, **p})))(program.params)
+    run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False)[0])
+    per_iteration = _median_time(run, state, repeats=repeats) / iterations
+    one = jax.jit(lambda s: algorithms.get(case.algorithm).iterate(proj.project, s, proj.blocks,
+                                                                    {"lam": 0.5, "beta": 1.0}))
+    cost = one.lower(state).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    copy = jax.jit(lambda s: jax.tree.map(lambda v: v + 1, s))
+    copy_s = _median_time(copy, state, repeats=repeats)
+    state_bytes = sum(v.size * v.dtype.itemsize for v in state.values())
+    return {
+        "case": case.name, "model": case.model, "algorithm": case.algorithm, "batch": case.batch,
+        "compile_s": compile_s, "iteration_s": per_iteration, "copy_s": copy_s,
+        "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
+        "bytes_accessed_per_iteration": float(cost.get("bytes accessed", float("nan"))),
+        "flops_per_iteration": float(cost.get("flops", float("nan"))),
+        "step_memory_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 + memory.temp_size_in_bytes),
+        "step_temp_bytes": int(memory.temp_size_in_bytes),
+    }
+
+
+def _row(r: dict) -> str:
+    mib = 1 / 2 ** 20
+    return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s  iteration {1e3 * r['iteration_s']:8.2f} ms  "
+            f"copy {1e3 * r['copy_s']:6.2f} ms  ratio {r['bandwidth_ratio']:5.1f}  state {r['state_bytes'] * mib:7.1f} MiB  "
+            f"XLA bytes/iter {r['bytes_accessed_per_iteration'] * mib:8.1f} MiB ({r['bytes_accessed_per_iteration'] / r['state_bytes']:.1f} states)  "
+            f"step memory {r['step_memory_bytes'] * mib:7.1f} MiB")
+
+
+def compare(old: Path, new: Path) -> None:
+    a = {r["case"]: r for r in json.loads(old.read_text())["results"]}
+    b = {r["case"]: r for r in json.loads(new.read_text())["results"]}
+    print(f"{'case':<16} {'iteration old':>14} {'new':>10} {'new/old':>8} {'compile old':>12} {'new':>8} {'memory new/old':>15}")
+    for name in a.keys() & b.keys():
+        o, n = a[name], b[name]
+        print(f"{name:<16} {1e3 * o['iteration_s']:11.2f} ms {1e3 * n['iteration_s']:7.2f} ms {n['iteration_s'] / o['iteration_s']:8.2f} "
+              f"{o['compile_s']:10.2f} s {n['compile_s']:6.2f} s {n['step_memory_bytes'] / o['step_memory_bytes']:15.2f}")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        compare(Path(argv[1]), Path(argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results = []
+    for case in CASES:
+        if args.only and case.name not in args.only:
+            continue
+        results.append(measure(case, args.iterations, args.repeats))
+        print(_row(results[-1]), flush=True)
+    if args.json:
+        meta = {"machine": platform.machine(), "processor": platform.processor(), "cpus": jax.device_count(),
+                "backend": jax.default_backend(), "jax": jax.__version__, "python": platform.python_version()}
+        args.json.write_text(json.dumps({"schema": "projc.bench-suite", "version": 1, "meta": meta,
+                                         "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
