@@ -3,7 +3,8 @@
 Layout (schema ``projc.artifact``, version 1)::
 
     manifest.json     schema version, projc and JAX versions, source path and sha256, input,
-                      classes, parameters, training configuration, platforms
+                      classes, parameters, training configuration, platforms, sharding (the
+                      device mesh and every state array's partition spec)
     model.onnx        the source model, external data inlined (the graph trained ONNX is written into)
     schedule.json     the constraint schedule (schema projc.schedule)
     params.npz        the parameters to start from
@@ -12,6 +13,11 @@ Layout (schema ``projc.artifact``, version 1)::
 
 The directory is written under a temporary name and renamed into place, so a failure never
 leaves a half-written artifact.
+
+A sharded step (``devices > 1``) is exported for exactly that many devices. :func:`load` runs it
+on the same count; on another, it re-shards when asked (``devices=N``: the step is rebuilt from
+the artifact's own ONNX model for the new mesh) and otherwise stops with an error naming the
+counts, so a sharded artifact never runs on a mesh it was not compiled for.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ def export_step(program, platforms: tuple[str, ...] = ("cpu",)):
     from jax import export
 
     params, x, labels = _specs(program)
-    step = export.export(program.step, platforms=platforms)(params, x, labels)
+    jitted = getattr(program.step, "jitted", program.step)  # a sharded step wraps its jit
+    step = export.export(jitted, platforms=platforms)(params, x, labels)
     predict = export.export(program._predict, platforms=platforms)(params, x)
     return step, predict
 
@@ -71,6 +78,7 @@ def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = N
         "parameters": {k: list(v.shape) for k, v in program.params.items()},
         "config": program.config.as_dict(),
         "platforms": list(platforms),
+        "sharding": _sharding(program),
     }
     buf = io.BytesIO()
     np.savez(buf, **program.params)
@@ -104,6 +112,21 @@ def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = N
     return path
 
 
+def _sharding(program) -> dict:
+    """The mesh and the partition specs of the state, as the manifest records them."""
+    from projc.backends.jax.sharding import MeshShape, plan
+
+    c = program.config
+    mesh = MeshShape(c.devices, c.model_parallel)
+    record = {"devices": mesh.devices, "mesh": mesh.as_dict(), "axis_names": ["batch", "model"],
+              "inputs": {"params": [], "x": ["batch"], "labels": ["batch"]}, "outputs": {"params": []}}
+    if mesh.sharded and program.schedule is not None:
+        record["state"] = plan(program.schedule.program, mesh).as_dict()["state"]
+    elif program.sharding is not None:  # re-saving a loaded artifact keeps what it recorded
+        record["state"] = program.sharding.get("state", {})
+    return record
+
+
 def is_artifact(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / "manifest.json").exists()
 
@@ -128,12 +151,19 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
-def load(path: str | os.PathLike):
-    """The :class:`~projc.program.CompiledProgram` saved at ``path``, its step deserialised."""
+def load(path: str | os.PathLike, *, devices: int | None = None, model_parallel: int | None = None):
+    """The :class:`~projc.program.CompiledProgram` saved at ``path``, its step deserialised.
+
+    ``devices`` / ``model_parallel`` different from what the artifact was compiled for re-shard
+    it: the step is rebuilt from the artifact's ONNX model for the new mesh (the parameters are
+    kept). A sharded artifact on a machine with another device count, without them, is an error.
+    """
+    import dataclasses
+
     import jax
     from jax import export
 
-    from projc.program import CompiledProgram, Source, TrainConfig
+    from projc.program import CompiledProgram, Source, TrainConfig, build
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -141,19 +171,48 @@ def load(path: str | os.PathLike):
     if platform not in manifest["platforms"]:
         raise ProjcError(f"{path}: compiled for {', '.join(manifest['platforms'])}, but JAX runs on {platform}; "
                          f"recompile with --platform {platform}")
+    config = TrainConfig.from_dict(manifest["config"])
     onnx_bytes = (path / "model.onnx").read_bytes()
     with np.load(path / "params.npz") as f:
         params = {k: f[k] for k in f.files}
-    step = export.deserialize(bytearray((path / "step.jaxexport").read_bytes()))
-    predict = export.deserialize(bytearray((path / "predict.jaxexport").read_bytes()))
     src = manifest["source"]
+    source = Source(src["path"], src["sha256"], onnx_bytes)
+    if model_parallel is None:  # keep the recorded model split where the device count allows it
+        model_parallel = config.model_parallel if (devices or config.devices) % config.model_parallel == 0 else 1
+    devices = devices or config.devices
+    wanted = dataclasses.replace(config, devices=devices, model_parallel=model_parallel)
+    if wanted != config:  # re-shard: the same program for another mesh
+        program = build(source, wanted.check(), path=str(path / "model.onnx"), params=params)
+        program.platforms = tuple(manifest["platforms"])
+        return program
+    step = jax.jit(export.deserialize(bytearray((path / "step.jaxexport").read_bytes())).call)
+    if config.devices > 1:
+        step = _sharded_step(path, config, step, params)
+    predict = export.deserialize(bytearray((path / "predict.jaxexport").read_bytes()))
     return CompiledProgram(
-        config=TrainConfig.from_dict(manifest["config"]),
-        source=Source(src["path"], src["sha256"], onnx_bytes),
+        config=config, source=source,
         input_name=manifest["input"]["name"], input_shape=tuple(manifest["input"]["shape"]),
-        classes=int(manifest["classes"]), params=params, step=jax.jit(step.call), predict=jax.jit(predict.call),
+        classes=int(manifest["classes"]), params=params, step=step, predict=jax.jit(predict.call),
         schedule_json=json.loads((path / "schedule.json").read_text()), platforms=tuple(manifest["platforms"]),
+        sharding=manifest.get("sharding"),
     )
+
+
+def _sharded_step(path: Path, config, step, params):
+    """The deserialised step of a sharded artifact, on a mesh of the device count it recorded."""
+    import jax
+
+    from projc.backends.jax import sharding
+
+    try:
+        mesh = sharding.make_mesh(sharding.MeshShape(config.devices, config.model_parallel))
+    except ProjcError:
+        raise ProjcError(f"{path}: compiled for {config.devices} devices, but JAX sees {jax.device_count()}; "
+                         f"pass --devices {jax.device_count()} to re-shard it, or run where {config.devices} "
+                         f"devices are available") from None
+    in_sh, out_sh = sharding.io_shardings(mesh, params)
+    # the exported module carries its own shardings; the jit gives it the mesh it was made for
+    return sharding.ShardedStep(jax.jit(step, in_shardings=in_sh, out_shardings=out_sh), in_sh, mesh)
 
 
 __all__ = ["FILES", "export_step", "is_artifact", "load", "read_manifest", "save"]

@@ -148,6 +148,8 @@ def inspect(
     logits: Optional[str] = typer.Option(None, "--logits", help="The value the loss acts on (default: the output, head stripped)."),
     format: InspectFormat = typer.Option(InspectFormat.text, "--format", "-f", help="text, json or dot."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write json/dot here (.svg renders with Graphviz)."),
+    devices: int = typer.Option(1, "--devices", help="Show how the groups split over N devices and the communication per iteration."),
+    model_parallel: int = typer.Option(1, "--model-parallel", help="Of those devices, how many split the neurons of large layers."),
 ) -> None:
     """Show what projc makes of a model: the constraint schedule (blocks, kernels, costs), its IRs."""
     from projc.constraints import format_program
@@ -175,8 +177,14 @@ def inspect(
     if constraints:
         sys.stdout.write(format_program(sched.program))
         return
+    shards = None
+    if devices > 1 or model_parallel > 1:
+        from projc.schedule_report import sharding_dict
+
+        shards = sharding_dict(sched, devices, model_parallel, algorithm)
     if format == InspectFormat.json:
-        text = json.dumps({**schedule_dict(sched, str(model)), "network": summary}, indent=1)
+        extra = {"sharding": shards} if shards else {}
+        text = json.dumps({**schedule_dict(sched, str(model)), "network": summary, **extra}, indent=1)
         if output:
             _emit_dot(text + "\n", output)
         else:
@@ -187,6 +195,28 @@ def inspect(
         return
     _print_summary(summary, str(model))
     _print_schedule(sched)
+    if shards:
+        _print_sharding(shards)
+
+
+def _print_sharding(shards: dict) -> None:
+    from projc.schedule_report import human
+
+    mesh = shards["mesh"]
+    table = Table(title=f"sharding over {mesh['devices']} devices (batch {mesh['batch']} x model {mesh['model']})")
+    for col, just in (("block", "right"), ("group", "left"), ("shape", "left"), ("split", "left"),
+                      ("per device", "left"), ("all-reduce / projection", "right")):
+        table.add_column(col, justify=just)
+    for b in shards["blocks"]:
+        for i, g in enumerate(b["groups"]):
+            split = ",".join(a or "-" for a in g["split"])
+            label = "AB"[b["index"]] if len(shards["blocks"]) == 2 else str(b["index"])
+            table.add_row(label if i == 0 else "", g["group"], "x".join(map(str, g["shape"])), split,
+                          "x".join(map(str, g["per_device"])), human(b["allreduce_bytes"], "B") if i == 0 else "")
+    out.print(table)
+    out.print(f"communication per iteration: {human(shards['allreduce_bytes_per_iteration'], 'B')} all-reduced "
+              f"(consensus means); parameter read-out {human(shards['allreduce_bytes_readout'], 'B')} per minibatch",
+              highlight=False)
 
 
 @app.command(name="eval")

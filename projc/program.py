@@ -38,10 +38,13 @@ class TrainConfig:
     pjax_compat: bool = False  # the reference framework's operators, for comparisons
     logits: str | None = None  # the value the loss acts on (default: the output)
     dims: tuple[tuple[str, int], ...] = ()
+    devices: int = 1  # devices the state is sharded over (backends/jax/sharding.py)
+    model_parallel: int = 1  # of those, how many split the neuron axis of large groups
 
     def check(self) -> "TrainConfig":
         """Reject settings no algorithm can run with, naming the flag."""
         from projc.backends.jax.algorithms import ALGORITHMS
+        from projc.backends.jax.sharding import MeshShape
 
         if self.batch_size < 1:
             raise ProjcError(f"--batch-size {self.batch_size}: must be at least 1")
@@ -57,11 +60,15 @@ class TrainConfig:
             raise ProjcError("--beta 0: the difference map needs a non-zero beta")
         if self.loss_lambda <= 0:
             raise ProjcError(f"--loss-lambda {self.loss_lambda}: must be positive")
+        MeshShape(self.devices, self.model_parallel).check(self.batch_size)
         return self
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["dims"] = dict(self.dims)
+        for key in ("devices", "model_parallel"):  # one device: the record (manifests, checkpoints)
+            if d[key] == 1:                        # stays what it was before sharding existed
+                del d[key]
         return d
 
     @classmethod
@@ -85,13 +92,15 @@ class CompiledProgram:
 
     def __init__(self, *, config: TrainConfig, source: Source, input_name: str, input_shape: tuple[int, ...],
                  classes: int, params: Mapping[str, np.ndarray], step: Callable, predict: Callable,
-                 schedule_json: dict, schedule=None, model=None, platforms: tuple[str, ...] = ("cpu",)):
+                 schedule_json: dict, schedule=None, model=None, platforms: tuple[str, ...] = ("cpu",),
+                 sharding: dict | None = None):
         self.config, self.source = config, source
         self.input_name, self.input_shape, self.classes = input_name, tuple(input_shape), classes
         self.params = {k: np.asarray(v, np.float32) for k, v in params.items()}
         self.step, self._predict = step, predict
         self.schedule_json, self.platforms = schedule_json, tuple(platforms)
         self.schedule, self.model = schedule, model  # None when loaded from an artifact
+        self.sharding = sharding  # the manifest's record of a loaded artifact's mesh
 
     @property
     def batch_size(self) -> int:
@@ -184,8 +193,13 @@ def _input(model, source: str):
 def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[str, int] | None = None,
             loss: str = "cross-entropy", algorithm: str = "dr", iterations: int = 50, lam: float = 0.5,
             beta: float = 1.0, loss_lambda: float = 5.0, pjax_compat: bool = False, logits: str | None = None,
-            monitor: bool = True) -> CompiledProgram:
+            monitor: bool = True, devices: int = 1, model_parallel: int = 1) -> CompiledProgram:
     """Compile the ONNX model at ``model`` into a trainable projection program.
+
+    ``devices > 1`` shards the state over that many devices (the batch split ``devices /
+    model_parallel`` ways, the neurons of large layers ``model_parallel`` ways); the batch size
+    must divide by the data-parallel part. In a multi-process run (``jax.distributed``)
+    ``devices`` counts the devices of every process.
 
     Example::
 
@@ -194,7 +208,7 @@ def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[st
         program.export_onnx("trained.onnx")
     """
     config = TrainConfig(batch_size, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                         tuple(sorted((dims or {}).items()))).check()
+                         tuple(sorted((dims or {}).items())), devices, model_parallel).check()
     path = Path(model)
     source = _source(path)
     return build(source, config, path=str(path), monitor=monitor)
@@ -226,7 +240,8 @@ def build(source: Source, config: TrainConfig, *, path: str, monitor: bool = Tru
         params = {name: v.const_value.numpy() for name, v in m.graph.initializers.items()
                   if name in prog.variables}
     step = make_step(sched, StepConfig(config.algorithm, config.iterations, config.lam, config.beta,
-                                       config.loss_lambda, compat=config.pjax_compat, monitor=monitor))
+                                       config.loss_lambda, compat=config.pjax_compat, monitor=monitor,
+                                       devices=config.devices, model_parallel=config.model_parallel))
     return CompiledProgram(config=config, source=source, input_name=value.name, input_shape=tuple(value.shape),
                            classes=int(logits_slot.shape[-1]), params=params, step=step,
                            predict=make_predict(prog), schedule_json=schedule_dict(sched, path), schedule=sched,

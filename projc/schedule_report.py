@@ -80,3 +80,25 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {suffix}{unit}"
     return f"{n:.3g} {unit}".rstrip()
+
+
+def sharding_dict(s: Schedule, devices: int, model_parallel: int = 1, algorithm: str = "dr",
+                  beta: float = 1.0) -> dict[str, Any]:
+    """How each block's groups split over a ``devices`` mesh, and the bytes all-reduced per
+    iteration (the consensus means; see :mod:`projc.backends.jax.sharding`). Loads JAX."""
+    from projc.backends.jax.sharding import MeshShape, communication
+
+    mesh = MeshShape(devices, model_parallel).check(s.program.batch_size)
+    comm = communication(s, mesh, algorithm, beta)
+    sp = comm.pop("plan")
+    blocks = []
+    for b, cb in zip(s.blocks, comm["blocks"]):
+        groups = [{"group": g, "shape": list(s.program.groups[g].shape), "split": list(sp.groups[g]),
+                   "per_device": _per_device(s.program.groups[g].shape, sp.groups[g], mesh)}
+                  for k in b.kernels for g in k.groups if g in s.program.groups]
+        blocks.append({**cb, "groups": groups})
+    return {**comm, "blocks": blocks}
+
+
+def _per_device(shape, spec, mesh) -> list[int]:
+    return [n // mesh.size(a) for n, a in zip(shape, spec)]

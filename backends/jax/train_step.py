@@ -15,9 +15,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from projc.backends.jax import algorithms
+from projc.backends.jax import algorithms, sharding
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
+from projc.backends.jax.sharding import MeshShape
 from projc.backends.jax.state import init_state, send
 from projc.constraints import Program, Slot, VarKind
 from projc.passes.schedule_blocks import Schedule
@@ -35,6 +36,8 @@ class StepConfig:
     fanout: str = "exact"
     compat: bool = False  # the reference framework's operators
     monitor: bool = True  # per-iteration residuals (one more pass over the state)
+    devices: int = 1  # > 1: the state sharded over a device mesh (backends/jax/sharding.py)
+    model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
 
 
 def io_names(prog: Program) -> tuple[str, str, Slot]:
@@ -50,6 +53,10 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
 
     ``stats`` holds ``residuals`` (one per iteration, empty without ``monitor``),
     ``violation`` (of the final state) and ``finite`` (every new parameter finite).
+
+    With ``devices > 1`` the step is a :class:`~projc.backends.jax.sharding.ShardedStep`: the
+    minibatch split over the mesh's batch axis, the state laid out by
+    :func:`~projc.backends.jax.sharding.plan`, the parameters replicated in and out.
     """
     config = dataclasses.replace(config or StepConfig(), **overrides)
     algo = algorithms.get(config.algorithm)
@@ -60,20 +67,31 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
     if algo.two_sets and projector.blocks != 2:
         raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 
-    @jax.jit
+    mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
+    constrain = lambda state: state  # noqa: E731 - one device: no layout to pin
+    if mesh.sharded:
+        jax_mesh = sharding.make_mesh(mesh)
+        constrain = sharding.constrainer(sharding.plan(prog, mesh), jax_mesh)
+
     def step(params, x, labels):
-        state = init_state(prog, forward_values(prog, {data: x, **params}))
+        state = constrain(init_state(prog, forward_values(prog, {data: x, **params})))
         proj = projector.with_data({data: x, label: labels})
-        final, residuals = algorithms.run(proj.project, proj.blocks, state, config.algorithm, config.iterations,
+        # pinning each block's output keeps the scan's carry in the planned layout
+        project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
+        final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,
                                           lam=config.lam, beta=config.beta, monitor=config.monitor)
         new = read_parameters(proj, final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
         stats = {"residuals": residuals, "finite": finite}
         if config.monitor:
-            stats["violation"] = algorithms.violation(proj.project, proj.blocks, final)
+            stats["violation"] = algorithms.violation(project, proj.blocks, final)
         return new, stats
 
-    return step
+    if not mesh.sharded:
+        return jax.jit(step)
+    params = [v for v, var in prog.variables.items() if var.kind is VarKind.PARAM]
+    in_sh, out_sh = sharding.io_shardings(jax_mesh, params)
+    return sharding.ShardedStep(jax.jit(step, in_shardings=in_sh, out_shardings=out_sh), in_sh, jax_mesh)
 
 
 def make_predict(prog: Program) -> Callable:
