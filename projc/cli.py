@@ -151,13 +151,23 @@ def inspect(
     devices: int = typer.Option(1, "--devices", help="Show how the groups split over N devices and the communication per iteration."),
     model_parallel: int = typer.Option(1, "--model-parallel", help="Of those devices, how many split the neurons of large layers."),
 ) -> None:
-    """Show what projc makes of a model: the constraint schedule (blocks, kernels, costs), its IRs."""
+    """Show what projc makes of a model (or of a compiled artifact, with the settings it was
+    compiled with): the constraint schedule (blocks, kernels, costs), its IRs."""
+    from projc.artifact import is_artifact, read_manifest
     from projc.constraints import format_program
     from projc.frontend import IMPORT_PIPELINE, load_model
     from projc.ir import format_model, model_summary
     from projc.schedule_report import schedule_dict, schedule_dot
 
-    m = load_model(model, batch_size=batch_size or 256, dims=_parse_dims(dim), pipeline=pipeline or IMPORT_PIPELINE)
+    manifest, source = None, model
+    dims = _parse_dims(dim)
+    if is_artifact(model):
+        manifest = read_manifest(model)
+        config = manifest["config"]
+        source = model / "model.onnx"
+        batch_size, dims = config["batch_size"], config.get("dims") or {}
+        loss, algorithm, logits = config["loss"], config["algorithm"], config.get("logits")
+    m = load_model(source, batch_size=batch_size or 256, dims=dims, pipeline=pipeline or IMPORT_PIPELINE)
     if ir:
         text = format_model(m)
         if format == InspectFormat.json:
@@ -184,6 +194,8 @@ def inspect(
         shards = sharding_dict(sched, devices, model_parallel, algorithm)
     if format == InspectFormat.json:
         extra = {"sharding": shards} if shards else {}
+        if manifest:
+            extra["artifact"] = manifest
         text = json.dumps({**schedule_dict(sched, str(model)), "network": summary, **extra}, indent=1)
         if output:
             _emit_dot(text + "\n", output)
@@ -194,6 +206,12 @@ def inspect(
         _emit_dot(schedule_dot(sched), output)
         return
     _print_summary(summary, str(model))
+    if manifest:
+        c = manifest["config"]
+        out.print(f"artifact: {c['algorithm']} x{c['iterations']} per minibatch, batch {c['batch_size']}, loss {c['loss']}"
+                  f" (lambda {c['lam']}, loss lambda {c['loss_lambda']}{', PJAX-compatible' if c['pjax_compat'] else ''}); "
+                  f"source {manifest['source']['path']} sha256 {manifest['source']['sha256'][:12]}; "
+                  f"platforms {', '.join(manifest['platforms'])}", highlight=False)
     _print_schedule(sched)
     if shards:
         _print_sharding(shards)

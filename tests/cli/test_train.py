@@ -177,6 +177,9 @@ def test_artifact_refuses_compile_flags_and_an_op_that_does_not_train(monkeypatc
     assert run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(art), "-i", "2")[0] in (0, None)
     code, _, err = run_cli(monkeypatch, capsys, "train", str(art), "-d", "digits", "--iterations", "5")
     assert code == 2 and "fixes --iterations" in err
+    code, stdout, _ = run_cli(monkeypatch, capsys, "inspect", str(art), "-f", "json")
+    shown = json.loads(stdout)
+    assert shown["artifact"]["config"]["iterations"] == 2 and shown["cost"]["state_floats"] > 0
     model = onnx.load(MLP)
     relu = next(n for n in model.graph.node if n.op_type == "Relu")
     relu.op_type = "Softsign"  # evaluates, but has no constraint form
