@@ -3,15 +3,20 @@
 For each operator: median time per jitted call, the bytes its inputs and outputs occupy, the
 effective bandwidth, and the ratio to a plain jitted `x + y` moving the same bytes (measured
 in the same run). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
-Operators of `sum_act` and `losses` join the table when those modules exist.
+Operators of `sum_act` and `losses` join the table when those modules exist. With
+`--baseline DIR` (a copy of `backends/jax/projections` from another version), each operator is
+also timed with DIR's modules right after, in the same run: before/after ratios side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
@@ -19,11 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import projc.backends.jax  # noqa: F401  (x64 on: every array below is explicitly float32)
-from projc.backends.jax.projections.dot import project_dot, project_mul
-from projc.backends.jax.projections.identity import project_identity
-from projc.backends.jax.projections.linear import project_linear
-from projc.backends.jax.projections.maxproj import project_max
-
 B, M, N = 256, 128, 784  # batch, neurons, inputs of the MLP's first layer
 F32 = np.float32
 
@@ -32,13 +32,13 @@ def _normal(rng, *shape):
     return jnp.asarray(rng.normal(size=shape).astype(F32))
 
 
-def _identity(rng):
-    return project_identity, (_normal(rng, B, M, N), _normal(rng, B, M, N)), {}
+def _identity(mods, rng):
+    return mods["identity"].project_identity, (_normal(rng, B, M, N), _normal(rng, B, M, N)), {}
 
 
-def _linear(rng):
+def _linear(mods, rng):
     # dot(data, W) with constant data: linear in the weight copies, c = the data rows
-    return project_linear, (_normal(rng, B, M, N), _normal(rng, B, M), _normal(rng, B, 1, N)), {}
+    return mods["linear"].project_linear, (_normal(rng, B, M, N), _normal(rng, B, M), _normal(rng, B, 1, N)), {}
 
 
 def _dot_query(rng):
@@ -47,36 +47,36 @@ def _dot_query(rng):
     return a, b, z
 
 
-def _dot(rng):
-    return project_dot, _dot_query(rng), {}
+def _dot(mods, rng):
+    return mods["dot"].project_dot, _dot_query(rng), {}
 
 
-def _dot_compat(rng):
-    return project_dot, _dot_query(rng), {"compat": True}
+def _dot_compat(mods, rng):
+    return mods["dot"].project_dot, _dot_query(rng), {"compat": True}
 
 
-def _mul(rng):
+def _mul(mods, rng):
     a, b = _normal(rng, B, M, N // 8), _normal(rng, B, M, N // 8)
-    return project_mul, (a, b, a * b + _normal(rng, B, M, N // 8)), {}
+    return mods["dot"].project_mul, (a, b, a * b + _normal(rng, B, M, N // 8)), {}
 
 
-def _max_pool(rng):
+def _max_pool(mods, rng):
     # 2x2 max pooling windows: n = 4
-    return project_max, (_normal(rng, B, M, N // 4, 4), _normal(rng, B, M, N // 4)), {}
+    return mods["maxproj"].project_max, (_normal(rng, B, M, N // 4, 4), _normal(rng, B, M, N // 4)), {}
 
 
-def _max_global(rng):
-    return project_max, (_normal(rng, B, M, N), _normal(rng, B, M)), {}
+def _max_global(mods, rng):
+    return mods["maxproj"].project_max, (_normal(rng, B, M, N), _normal(rng, B, M)), {}
 
 
 def _sum_act(act, slots):
     def make(module):
-        def build(rng):
+        def build(mods, rng):
             # a bias add and its activation: k = 2 inputs per constraint
             x, y = _normal(rng, B, M, N // 2, 2), _normal(rng, B, M, N // 2)
             if slots:  # the state's layout: one array per slot
                 x = (x[..., 0], x[..., 1])
-            return module.project_sum_act, (x, y), {"act": act}
+            return mods.get("sum_act", module).project_sum_act, (x, y), {"act": act}
 
         return build
 
@@ -84,10 +84,10 @@ def _sum_act(act, slots):
 
 
 def _cross_entropy(module):
-    def build(rng):
+    def build(mods, rng):
         rows, classes = B * 1024, 10
         y = jax.nn.one_hot(rng.integers(classes, size=rows), classes, dtype=F32)
-        return module.prox_cross_entropy, (3 * _normal(rng, rows, classes), y), {}
+        return mods.get("losses", module).prox_cross_entropy, (3 * _normal(rng, rows, classes), y), {}
 
     return build
 
@@ -101,8 +101,33 @@ def _optional(name, entries):
     return [(label, make(module)) for label, make in entries]
 
 
+MODULES = ("identity", "linear", "dot", "maxproj", "sum_act", "losses")
+
+
+def load_modules(directory=None):
+    """The operator modules by name: the package's, or the files of `directory` (a baseline
+    copy; its modules import only jax and numpy). Missing ones are left out."""
+    mods = {}
+    for name in MODULES:
+        if directory is None:
+            try:
+                mods[name] = importlib.import_module(f"projc.backends.jax.projections.{name}")
+            except ImportError:
+                continue
+        else:
+            path = pathlib.Path(directory) / f"{name}.py"
+            if not path.exists():
+                continue
+            spec = importlib.util.spec_from_file_location(f"_baseline_{name}", path)
+            mods[name] = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mods[name]  # dataclasses look their module up there
+            spec.loader.exec_module(mods[name])
+    return mods
+
+
 def operators():
-    """The table of `(name, builder)`; a builder returns `(fn, args, static kwargs)`."""
+    """The table of `(name, builder)`; a builder `(modules, rng)` returns
+    `(fn, args, static kwargs)`."""
     return [
         ("identity", _identity),
         ("linear (c = data rows)", _linear),
@@ -143,9 +168,23 @@ def _copy_bandwidth(rng, reps):
     return 3 * x.nbytes / seconds
 
 
-def measure(reps, report=lambda row: None, only=""):
+def _time_row(name, build, mods, rng, reps, copy_bw):
+    """One result row: `build`'s operator from `mods`, timed against the copy bandwidth."""
+    fn, args, kwargs = build(mods, rng)
+    jitted = jax.jit(lambda *a, fn=fn, kw=kwargs: fn(*a, **kw))
+    seconds = _median_time(jitted, args, reps)
+    moved = _nbytes(args) + _nbytes(jax.eval_shape(jitted, *args))
+    return {"name": name, "ms": seconds * 1e3, "mbytes": moved / 1e6,
+            "gb_s": moved / seconds / 1e9, "ratio": seconds * copy_bw / moved}
+
+
+def measure(reps, report=lambda row: None, only="", baseline=None):
     """Rows of results: one per operator (whose name contains `only`), plus the `x + y`
-    reference; `report` sees each row as it is measured."""
+    reference; `report` sees each row as it is measured. With `baseline` (a directory of
+    operator modules) each operator is followed by a row timing the baseline's version on
+    the same inputs."""
+    mods = load_modules()
+    base = None if baseline is None else load_modules(baseline)
     rng = np.random.default_rng(0)
     copy_bw = _copy_bandwidth(rng, reps)
     rows = [{"name": "x + y (reference)", "ms": 3 * B * M * N * 4 / copy_bw * 1e3,
@@ -154,14 +193,14 @@ def measure(reps, report=lambda row: None, only=""):
     for name, build in operators():
         if only not in name:
             continue
-        fn, args, kwargs = build(rng)
-        jitted = jax.jit(lambda *a, fn=fn, kw=kwargs: fn(*a, **kw))
-        seconds = _median_time(jitted, args, reps)
-        moved = _nbytes(args) + _nbytes(jax.eval_shape(jitted, *args))
-        rows.append({"name": name, "ms": seconds * 1e3, "mbytes": moved / 1e6,
-                     "gb_s": moved / seconds / 1e9, "ratio": seconds * copy_bw / moved})
+        state = rng.bit_generator.state  # the baseline gets the same inputs
+        rows.append(_time_row(name, build, mods, rng, reps, copy_bw))
         report(rows[-1])
-        del args
+        if base is not None:
+            rng.bit_generator.state = state
+            rows.append({**_time_row(name, build, base, rng, reps, copy_bw),
+                         "name": "  (baseline)", "baseline_of": name})
+            report(rows[-1])
     return rows
 
 
@@ -179,9 +218,12 @@ def main():
     parser.add_argument("--reps", type=int, default=5, help="timed runs per operator")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--only", default="", help="operators whose name contains this")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time the operator modules in DIR (e.g. an earlier copy of "
+                             "backends/jax/projections), each right after the current one")
     args = parser.parse_args()
     _print_header()
-    rows = measure(args.reps, _print_row, args.only)
+    rows = measure(args.reps, _print_row, args.only, args.baseline)
     if args.json:
         meta = {"schema": 1, "devices": str(jax.devices()), "shape": [B, M, N], "reps": args.reps}
         with open(args.json, "w") as f:

@@ -195,3 +195,53 @@ def test_max_builds_no_n_by_n_intermediate():
     jaxpr = jax.make_jaxpr(project_max)(np.zeros((2, n), np.float32), np.zeros(2, np.float32))
     sizes = [int(np.prod(v.aval.shape)) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
     assert max(sizes) <= 2 * n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_long_rows_in_blocks_match_the_twin(dtype):
+    """Rows above the block size go through `lax.map` over blocks: each row its own answer."""
+    from projc.backends.jax.projections import maxproj
+
+    rng = np.random.default_rng(11)
+    rows = 3 * maxproj._BLOCK_ROWS  # three blocks
+    a = rng.normal(size=(rows, 50))
+    z = rng.normal(size=rows) * 10.0 ** rng.uniform(-1, 1.5, size=rows)
+    w = rng.uniform(0.2, 30.0, size=rows)
+    a, z, w = (np.asarray(v, dtype) for v in (a, z, w))
+    a2, z2 = (np.asarray(o) for o in _max(a.reshape(3, -1, 50), z.reshape(3, -1), w.reshape(3, -1)))
+    a2, z2 = a2.reshape(rows, 50), z2.reshape(rows)
+    at, zt = ref.project_max(a, z, w)
+    tol = 64 * 50 * _eps(dtype) * (1 + np.abs(zt))
+    np.testing.assert_allclose(z2, zt, rtol=0, atol=tol.max())
+    np.testing.assert_array_equal(a2.max(-1), z2)
+    assert np.all(_max_cost(a, z, w, a2, z2) <= _max_cost(a, z, w, at, zt) + tol * (1 + _sq(a)))
+
+
+def test_max_newton_cap_falls_back_to_the_sort(monkeypatch):
+    """A block whose Newton iteration hits the cap is solved by the sort: same answer."""
+    from projc.backends.jax.projections import maxproj
+
+    rng = np.random.default_rng(12)
+    a = rng.normal(size=(40, 64))
+    z = rng.normal(size=40) - 3  # far below the max: many entries move, Newton needs passes
+    want = [np.asarray(o) for o in maxproj.project_max(a, z, 2.0)]
+    _, done = maxproj._newton_rows(a, z, np.full(40, 2.0))
+    assert bool(done)
+    monkeypatch.setattr(maxproj, "_NEWTON_CAP", 1)
+    _, done = maxproj._newton_rows(a, z, np.full(40, 2.0))
+    assert not bool(done)  # so the sort ran below
+    got = [np.asarray(o) for o in maxproj.project_max(a, z, 2.0)]
+    for g, t in zip(got, want):
+        np.testing.assert_allclose(g, t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], ref.project_max(a, z, 2.0)[1], rtol=1e-12)
+
+
+def test_max_block_rows_tile_exactly():
+    from projc.backends.jax.projections.maxproj import _BLOCK_ROWS, _block_rows
+
+    assert _block_rows(32768) == _BLOCK_ROWS
+    assert _block_rows(7) == 7  # few rows: one block
+    assert _block_rows(3 * 97) == 97
+    assert _block_rows(2 * 1009) == 2 * 1009  # no useful divisor: one block of all rows
+    for rows in (1, 5, 96, 250, 4096, 2 * 1009):
+        assert rows % _block_rows(rows) == 0

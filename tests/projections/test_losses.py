@@ -124,3 +124,54 @@ def test_mse_prox(dtype, data, lam):
                                                                           + np.abs(y).max())
     np.testing.assert_allclose(x, ref.prox_mse(v, y, lam), rtol=8 * np.finfo(dtype).eps,
                                atol=8 * np.finfo(dtype).eps * (1 + np.abs(v).max()))
+
+
+
+def test_cross_entropy_line_search_picks_the_first_armijo_step():
+    """The step sizes are tried one at a time while any row still searches; each row must get
+    the rule's answer as if all eight had been tried at once: the first step size with
+    enough decrease, else the best decrease, else no step."""
+    import jax
+    import jax.numpy as jnp
+
+    from projc.backends.jax.projections import losses
+
+    rng = np.random.default_rng(4)
+    rows = 64
+    x = rng.normal(size=(rows, CLASSES)) * rng.choice([0.3, 3.0, 30.0], size=(rows, 1))
+    v = x + rng.normal(size=x.shape) * rng.choice([0.1, 10.0, 100.0], size=(rows, 1))
+    y = np.eye(CLASSES)[rng.integers(0, CLASSES, rows)]
+    sy, lam = y.sum(-1, keepdims=True), 20.0
+    logp = np.asarray(jax.nn.log_softmax(x, axis=-1))
+    p = np.exp(logp)
+    d, grad = (np.asarray(a) for a in losses._newton_direction(x, v, y, sy, lam, p))
+    d = d * rng.choice([1.0, 1.0, 40.0], size=(rows, 1))  # some too long: halvings needed
+    gd, dd = (grad * d).sum(-1, keepdims=True), (d * d).sum(-1, keepdims=True)
+    step = np.asarray(losses._line_search(p, logp, d, gd, dd, sy, lam))[:, 0]
+    alphas = 0.5 ** np.arange(losses._HALVINGS)
+    change = np.concatenate([np.asarray(losses._objective_change(jnp.float64(al), p, logp, d, gd,
+                                                                 dd, sy, lam)) for al in alphas], -1)
+    ok = change <= losses._ARMIJO * alphas * gd
+    first = np.where(ok.any(-1), alphas[np.argmax(ok, -1)], np.nan)
+    best = alphas[np.argmin(change, -1)]
+    want = np.where(ok.any(-1), first, np.where(change.min(-1) <= 0, best, 0.0))
+    assert 0 < np.sum(want < 1) < rows  # both kinds of rows are in the batch
+    np.testing.assert_array_equal(step, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_line_search_is_per_row(dtype):
+    """The step sizes are tried while any row still searches: rows that accepted a step keep
+    it, so a batch gives each row the answer it gets alone (confident wrong rows need
+    halvings and the far form of the objective change; mild rows take full steps)."""
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=(8, CLASSES)) * np.array([0.3, 30.0] * 4)[:, None]
+    y = np.eye(CLASSES)[np.argmin(v, axis=-1)]
+    v, y = v.astype(dtype), y.astype(dtype)
+    batch = np.asarray(prox_cross_entropy(v, y, 20.0))
+    rows = np.stack([np.asarray(prox_cross_entropy(v[i:i + 1], y[i:i + 1], 20.0))[0]
+                     for i in range(8)])
+    np.testing.assert_allclose(batch, rows, rtol=8 * np.finfo(dtype).eps, atol=1e-30)
+    np.testing.assert_allclose(batch, ref.prox_cross_entropy(v.astype(float), y.astype(float),
+                                                             20.0), rtol=0,
+                               atol=1e3 * np.finfo(dtype).eps * 30 * 20)

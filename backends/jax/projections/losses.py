@@ -27,33 +27,59 @@ def _newton_direction(x, v, y, sy, lam, p):
 
 
 def _objective_change(alpha, p, logp, d, gd, dd, sy, lam):
-    """`F(x + alpha d) - F(x)` without cancellation (alpha has a trailing step axis).
+    """`F(x + alpha d) - F(x)` without cancellation, for one step size per row.
 
     It is `lam sum(y) [lse(x + alpha d) - lse(x) - alpha p.d] + alpha g.d + alpha^2 |d|^2 / 2`
     with `p = softmax(x)` and `g` the gradient; the bracket is the second-order part of the
     logsumexp, computed as `log1p(sum p expm1(alpha d)) - alpha p.d` for small steps.
     """
-    ad = alpha[:, None] * d[..., None, :]
+    ad = alpha * d
     pd = jnp.sum(p * d, axis=-1, keepdims=True)
-    small = jnp.max(jnp.abs(ad), axis=-1) <= 1
-    near = jnp.log1p(jnp.sum(p[..., None, :] * jnp.expm1(jnp.minimum(ad, 1)), axis=-1))
-    far = jax.nn.logsumexp(logp[..., None, :] + ad, axis=-1)
-    curv = jnp.where(small, near, far) - alpha * pd
+    small = jnp.max(jnp.abs(ad), axis=-1, keepdims=True) <= 1
+    near = jnp.log1p(jnp.sum(p * jnp.expm1(jnp.minimum(ad, 1)), axis=-1, keepdims=True))
+    # the far form costs as much again and is rarely needed after the first steps
+    curv = lax.cond(jnp.all(small), lambda: near, lambda: jnp.where(
+        small, near, jax.nn.logsumexp(logp + ad, axis=-1, keepdims=True))) - alpha * pd
     return lam * sy * curv + alpha * gd + alpha**2 * dd / 2
+
+
+def _line_search(p, logp, d, gd, dd, sy, lam):
+    """The step size of each row: the first of 1, 1/2, ..., 1/128 that decreases `F` enough
+    (Armijo); else the one of least change if that is a decrease; else 0.
+
+    The step sizes are tried one at a time, and only while some row is still searching:
+    nearly every row takes the full Newton step, so this usually costs one evaluation (trying
+    all eight at once cost eight).
+    """
+
+    def cond(state):
+        k, searching = state[0], state[1]
+        return (k < _HALVINGS) & jnp.any(searching)
+
+    def body(state):
+        k, searching, step, best, best_change = state
+        alpha = jnp.asarray(0.5, d.dtype) ** k
+        change = _objective_change(alpha, p, logp, d, gd, dd, sy, lam)
+        ok = searching & (change <= _ARMIJO * alpha * gd)
+        step = jnp.where(ok, alpha, step)
+        better = searching & (change < best_change)  # first on ties, as argmin
+        best = jnp.where(better, alpha, best)
+        best_change = jnp.where(better, change, best_change)
+        return k + 1, searching & ~ok, step, best, best_change
+
+    zero = jnp.zeros_like(gd)
+    state = (0, jnp.ones_like(gd, dtype=bool), zero, zero, jnp.full_like(gd, jnp.inf))
+    _, searching, step, best, best_change = lax.while_loop(cond, body, state)
+    return jnp.where(searching, jnp.where(best_change <= 0, best, 0), step)
 
 
 def _newton_step(x, v, y, sy, lam):
     logp = jax.nn.log_softmax(x, axis=-1)
     p = jnp.exp(logp)
     d, grad = _newton_direction(x, v, y, sy, lam, p)
-    alpha = 0.5 ** jnp.arange(_HALVINGS, dtype=x.dtype)
     gd = jnp.sum(grad * d, axis=-1, keepdims=True)
-    change = _objective_change(alpha, p, logp, d, gd, jnp.sum(d * d, -1, keepdims=True), sy, lam)
-    ok = change <= _ARMIJO * alpha * gd
-    # The first step size that decreases enough; else the best decrease; else stay.
-    best = jnp.where(jnp.any(ok, axis=-1), jnp.argmax(ok, axis=-1), jnp.argmin(change, axis=-1))
-    gain = jnp.take_along_axis(change, best[..., None], axis=-1) <= 0
-    return x + jnp.where(gain, alpha[best][..., None], 0) * d
+    step = _line_search(p, logp, d, gd, jnp.sum(d * d, -1, keepdims=True), sy, lam)
+    return x + step * d
 
 
 def _pjax_fixed_point(v, y, lam):

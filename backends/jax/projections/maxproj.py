@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
 def project_max(a, z, w=1.0):
     """Project `(a, z)` onto `{z = max(a, -1)}` with output weight `w` (method.md section 2).
 
-    Sort `a` in decreasing order; setting its `k` largest entries to their weighted mean with
-    `z`, `m_k = (s_1 + ... + s_k + w z) / (k + w)`, is a candidate when `s_{k+1} <= m_k`. The
-    cost is convex in the common value, so the first valid `k` is the minimiser. O(n log n):
-    one sort and one prefix sum, no n x n candidate matrix.
+    The minimiser sets every entry above a common value `m` to `m` (and raises the largest
+    entry to `m` when `m` is above it). In the sorted order, setting the `k` largest entries
+    to `m_k = (s_1 + ... + s_k + w z) / (k + w)` is a candidate when `s_{k+1} <= m_k`; the
+    cost is convex in `m`, so the first valid `k` is the minimiser. Small `n` (pooling
+    windows) sort with a fused compare-exchange network; long rows find the same `m` by
+    Newton's method on the convex piecewise-linear optimality condition (`_newton_rows`),
+    with no sort and no n x n candidate matrix.
 
     Args:
         a: inputs, shape `(..., n)`.
@@ -25,18 +29,95 @@ def project_max(a, z, w=1.0):
     """
     a = jnp.asarray(a)
     dt = a.dtype
-    z, w = jnp.asarray(z, dt), jnp.asarray(w, dt)
-    m = _common_value(a, z, w)
-    top = jnp.argmax(a, axis=-1)  # with ties, exactly one entry is raised
+    batch, n = a.shape[:-1], a.shape[-1]
+    z = jnp.broadcast_to(jnp.asarray(z, dt), batch)
+    w = jnp.broadcast_to(jnp.asarray(w, dt), batch)
+    if n > _NETWORK_MAX and np.prod(batch, dtype=int) > 0:
+        a2, m = _project_long(a.reshape(-1, n), z.reshape(-1), w.reshape(-1))
+        return a2.reshape(a.shape), m.reshape(batch)
+    m = _common_value_small(a, z, w) if n <= _NETWORK_MAX else _common_value_sorted(a, z, w)
+    return _apply(a, m), m
+
+
+def _apply(a, m):
+    """`min(a, m)` with one largest entry set to `m` (with ties, exactly one is raised)."""
+    top = jnp.argmax(a, axis=-1)
     is_top = lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1) == top[..., None]
-    a2 = jnp.where(is_top, m[..., None], jnp.minimum(a, m[..., None]))
-    return a2, jnp.broadcast_to(m, a.shape[:-1])
+    return jnp.where(is_top, m[..., None], jnp.minimum(a, m[..., None]))
 
 
-def _common_value(a, z, w):
-    """The optimal value `m` of the max: the first valid candidate `m_k`."""
-    if a.shape[-1] <= _NETWORK_MAX:
-        return _common_value_small(a, z, w)
+# --- long rows: Newton on the common value, in row blocks that stay in cache ----------------
+
+_BLOCK_ROWS = 128  # 128 rows of 784 float32 are 400 KB: the Newton passes reread them from L2
+_MIN_BLOCK_ROWS = 16  # below this, per-block overhead dominates: one block of all rows instead
+_NEWTON_CAP = 64  # Newton needs about 10 passes on random rows; beyond the cap, sort the block
+
+
+def _block_rows(rows):
+    """The largest divisor of `rows` up to `_BLOCK_ROWS` (blocks must tile the rows exactly:
+    padding would cost a copy of the whole array), or all rows when that divisor is small."""
+    best = max(d for d in range(1, min(rows, _BLOCK_ROWS) + 1) if rows % d == 0)
+    return best if best >= _MIN_BLOCK_ROWS or best == rows else rows
+
+
+def _project_long(a, z, w):
+    """`project_max` on rows `(R, n)`: `lax.map` over row blocks, each solved in cache."""
+    rows, n = a.shape
+    blk = _block_rows(rows)
+    if blk == rows:
+        return _project_block(a, z, w)
+    a2, m = lax.map(lambda x: _project_block(*x), (a.reshape(-1, blk, n), z.reshape(-1, blk),
+                                                    w.reshape(-1, blk)))
+    return a2.reshape(rows, n), m.reshape(rows)
+
+
+def _project_block(a, z, w):
+    """One block of rows: Newton for the common value; the sort where it did not converge."""
+    m, done = _newton_rows(a, z, w)
+    m = lax.cond(done, lambda: m, lambda: _common_value_sorted(a, z, w))
+    return _apply(a, m), m
+
+
+def _newton_rows(a, z, w):
+    """The common value `m` of each row by Newton's method, and whether all rows converged.
+
+    With the largest entry always moved to `m` and the others moved when above it, `m` is the
+    root of `h(m) = sum_i (a_i - m)_+ + [m >= max a] (max a - m) - w (m - z)`, which is convex,
+    piecewise linear and decreasing. From `m_1 = (max a + w z) / (1 + w)`, where `h >= 0`,
+    Newton's steps `m <- (sum of the moved entries + w z) / (count + w)` increase to the root
+    without overshooting and stop exactly: when the moved set repeats, `m` is that set's
+    candidate and the set is `{a_i > m}`, the first valid candidate of the sorted method.
+    The sums use `max(a - m, 0)` and its sign, which XLA-CPU vectorises (a masked `where`
+    reduction is 10x slower).
+    """
+    amax = jnp.max(a, axis=-1)
+    wz = w * z
+
+    def update(m):
+        excess = jnp.maximum(a - m[:, None], 0)
+        count = jnp.sum(jnp.sign(excess), axis=-1)  # entries above m
+        top_out = amax <= m  # the largest entry moves to m in every case: count it once
+        total = jnp.sum(excess, axis=-1) + count * m + jnp.where(top_out, amax, 0)
+        count = count + top_out
+        return (total + wz) / (count + w), count
+
+    def cond(state):
+        k, _, _, done = state
+        return (k < _NEWTON_CAP) & ~done
+
+    def body(state):
+        k, m, count, _ = state
+        m2, count2 = update(m)
+        return k + 1, m2, count2, jnp.all(count2 == count)
+
+    start = (amax + wz) / (1 + w)
+    state = (0, start, jnp.full_like(z, -1), False)
+    _, m, _, done = lax.while_loop(cond, body, state)
+    return m, done
+
+
+def _common_value_sorted(a, z, w):
+    """The optimal value `m` of the max: the first valid candidate `m_k`, by a full sort."""
     n = a.shape[-1]
     s = -jnp.sort(-a, axis=-1)
     # associative_scan is O(n log n); jnp.cumsum lowers to an O(n^2) reduce_window on CPU
@@ -56,7 +137,7 @@ _NETWORK_MAX = 16
 
 
 def _common_value_small(a, z, w):
-    """`_common_value` for small n: network sort, then the candidates in order, all fused."""
+    """The common value for small n: network sort, then the candidates in order, all fused."""
     s = [a[..., i] for i in range(a.shape[-1])]
     for r in range(len(s)):
         for i in range(r % 2, len(s) - 1, 2):
