@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from projc.constraints import Program, Slot
-from projc.index_map import IndexMap
+from projc.index_map import Broadcast, IndexMap
 
 State = dict[str, jax.Array]
 
@@ -35,9 +35,25 @@ def send(imap: IndexMap, value: jax.Array) -> jax.Array:
 
 def gather(imap: IndexMap, copies: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``G^T(copies)``: each entry of the value receives the sum of its copies."""
+    if all(isinstance(step, Broadcast) for step in imap.steps):
+        total = copies.astype(dtype)
+        for step in reversed(imap.steps):
+            total = _sum_axis(total, step.axis)
+        return total
     transpose = jax.linear_transpose(partial(send, imap), jax.ShapeDtypeStruct(imap.src_shape, dtype))
     (total,) = transpose(copies.astype(dtype))
     return total
+
+
+def _sum_axis(x: jax.Array, axis: int) -> jax.Array:
+    """Sum over one axis. Over the leading axis (a weight's copies, one per sample) this is a
+    matrix-vector product: XLA-CPU reduces over a major axis some 50x slower than it streams
+    the same bytes (0.68 s against 12 ms for 256 x 64 x 784 floats; method.md section 4)."""
+    lead, n = int(np.prod(x.shape[:axis])), x.shape[axis]
+    if lead != 1 or x.ndim == 1:
+        return jnp.sum(x, axis)
+    rest = x.shape[axis + 1:]
+    return (jnp.ones((1, n), x.dtype) @ x.reshape(n, -1)).reshape(rest)
 
 
 def copy_slots(prog: Program, var: str) -> list[tuple[str, Slot]]:
