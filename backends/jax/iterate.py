@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
-from projc.backends.jax.state import State, consensus, copy_slots, send, slot_key
+from projc.backends.jax.state import State, consensus, copy_slots, send, send_compact, slot_key
 from projc.constraints import Group, VarKind
 from projc.passes.schedule_blocks import Schedule
 
@@ -67,6 +67,8 @@ class BlockProjector:
         slot = group.slots[i]
         if slot.copy:
             return state[slot_key(group.name, slot)]
+        if group.kind == "linear":  # constant coefficients: broadcastable, never materialised
+            return send_compact(slot.imap, self.data[slot.var])
         return send(slot.imap, self.data[slot.var])
 
     def _group(self, group: Group, state: State, new: State) -> None:

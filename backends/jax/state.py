@@ -33,6 +33,16 @@ def send(imap: IndexMap, value: jax.Array) -> jax.Array:
     return imap.apply(value, xp=jnp)
 
 
+def send_compact(imap: IndexMap, value: jax.Array) -> jax.Array:
+    """``G(value)`` with broadcast axes of size 1, for read-only operands: the kernels
+    broadcast them, so XLA never writes a state-sized copy of constant data."""
+    if not all(isinstance(step, Broadcast) for step in imap.steps):
+        return send(imap, value)
+    for step in imap.steps:
+        value = jnp.expand_dims(value, step.axis)
+    return value
+
+
 def gather(imap: IndexMap, copies: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``G^T(copies)``: each entry of the value receives the sum of its copies."""
     if all(isinstance(step, Broadcast) for step in imap.steps):

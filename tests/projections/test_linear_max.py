@@ -245,3 +245,21 @@ def test_max_block_rows_tile_exactly():
     assert _block_rows(2 * 1009) == 2 * 1009  # no useful divisor: one block of all rows
     for rows in (1, 5, 96, 250, 4096, 2 * 1009):
         assert rows % _block_rows(rows) == 0
+
+
+def test_linear_with_broadcastable_coefficients_matches_the_materialised_form():
+    """Constant data rows shared by every neuron arrive with a size-1 axis (never written out
+    at the state's size); the projection is the one of the broadcast coefficients."""
+    import jax.numpy as jnp
+
+    from projc.backends.jax.projections.linear import project_linear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 7))
+    y = rng.normal(size=(5, 3))
+    c = rng.normal(size=(5, 1, 7))
+    w = rng.uniform(0.5, 4, size=(5, 3))
+    compact = project_linear(jnp.asarray(x), y, c, 0.3, w)
+    full = project_linear(jnp.asarray(x), y, np.broadcast_to(c, x.shape), 0.3, w)
+    for a, b in zip(compact, full):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)

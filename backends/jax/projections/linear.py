@@ -25,8 +25,21 @@ def project_linear(x, y, c, d=0.0, w=1.0):
     dt = x.dtype
     y, c, d, w = (jnp.asarray(v, dt) for v in (y, c, d, w))
     cc = jnp.sum(c * c, axis=-1)
-    r = y - jnp.sum(c * x, axis=-1) - d
+    r = y - contract(c, x) - d
     k = r / (1 + w * cc)  # the output moves by -k, the input by w k c
     x2 = x + (w * k)[..., None] * c
     y2 = y - k
     return x2, jnp.broadcast_to(y2, jnp.broadcast_shapes(y2.shape, x.shape[:-1]))
+
+
+def contract(c, x):
+    """``sum(c * x, -1)`` for ``c`` broadcastable to ``x``, as an einsum, so that a ``c`` with
+    size-1 axes (constant data rows shared by every neuron) becomes a batched matrix-vector
+    product instead of a state-sized broadcast that XLA-CPU writes out before reducing."""
+    if c.shape == x.shape or c.ndim != x.ndim or c.shape[-1] != x.shape[-1]:
+        return jnp.sum(c * x, axis=-1)
+    letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
+    kept = [i for i in range(x.ndim - 1) if c.shape[i] == x.shape[i]]
+    squeezed = jnp.squeeze(c, tuple(i for i in range(x.ndim - 1) if i not in kept))
+    c_sub = "".join(letters[i] for i in kept) + letters[-1]
+    return jnp.einsum(f"{letters},{c_sub}->{letters[:-1]}", x, squeezed)
