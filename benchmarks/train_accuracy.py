@@ -97,6 +97,8 @@ def main(argv=None) -> None:
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args(argv)
     runs = [r for r in RUNS if not args.only or r.name in args.only]
+    if args.only:  # in the order asked for
+        runs.sort(key=lambda r: args.only.index(r.name))
     if args.list:
         for r in runs:
             print(f"{r.name:<20} {r.model:<26} {r.data:<8} epochs {r.epochs}  target {100 * r.target:.1f}%  {dict(r.options)}")

@@ -223,3 +223,93 @@ def test_weights_broadcast_and_dtype_is_kept(dtype):
     heavy = _dot(a, b, z, 100.0)[2]
     light = _dot(a, b, z, 0.01)[2]
     assert np.all(np.abs(heavy - z) <= np.abs(light - z) + 1e-6)
+
+
+# --- the blocked fast solver of project_mul and its per-block fallback ----------------------
+
+from projc.backends.jax.projections import dot as dot_module  # noqa: E402
+
+
+def _mul_queries(seed, dtype, size):
+    """`size` mul queries of the adversarial families, offsets up to 1e4, weighted."""
+    a, b, z, w = _query(seed, dtype, (size,), 1, weighted=True)
+    return a[:, 0], b[:, 0], z, w
+
+
+def _check_mul(a, b, z, w, out):
+    _check_projection(a[:, None], b[:, None], z, w, [out[0][:, None], out[1][:, None], out[2]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("steps", [0, 3, None])
+def test_mul_blocks_with_forced_fallback(dtype, steps, monkeypatch):
+    """Few Newton steps leave elements unsettled: their blocks take the exact solver.
+
+    0 steps: every block falls back; 3: some do; None: the shipped count. Several blocks and
+    a padded last one (block size 64 for 300 queries).
+    """
+    monkeypatch.setattr(dot_module, "_MUL_BLOCK", 64)
+    if steps is not None:
+        monkeypatch.setattr(dot_module, "_MUL_STEPS", steps)
+    a, b, z, w = _mul_queries(11, dtype, 300)
+    out = jax.jit(lambda *x: project_mul(*x))(a, b, z, w)  # a fresh trace sees the patch
+    _check_mul(a, b, z, w, out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mul_fast_path_settles_and_matches_the_twin(dtype):
+    """Generic queries settle on the fast path, and its points are the twin's."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(2, 4096))
+    z = a * b + 10.0 ** rng.uniform(-2, 3, size=4096) * rng.choice([-1, 1], 4096)
+    w = rng.uniform(0.5, 10, size=4096)
+    a, b, z, w = (np.asarray(x, dtype) for x in (a, b, z, w))
+    out, ok = jax.jit(lambda *x: dot_module._mul_fast(*x, dot_module._MUL_STEPS))(a, b, z, 1 / w)
+    assert np.all(np.asarray(ok))
+    twin = ref.project_mul(a, b, z, w)
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    for o, t in zip(out, twin):
+        np.testing.assert_allclose(np.float64(o), t, rtol=tol, atol=tol * np.abs(t).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mul_fast_path_flags_what_it_cannot_do(dtype):
+    """Roots beyond the fast path's reach (a = +-b on the sphere of minimisers) are flagged,
+    and the operator still returns the exact solver's limit point."""
+    a = np.array([1.0, 2.0, 0.0, 1.0], dtype)
+    b = np.array([1.0, -2.0, 0.0, 1.0], dtype)
+    z = np.array([-50.0, 50.0, 5.0, 1.0], dtype)  # the last one is an ordinary query
+    w = np.ones(4, dtype)
+    _, ok = jax.jit(lambda *x: dot_module._mul_fast(*x, dot_module._MUL_STEPS))(a, b, z, w)
+    assert list(np.asarray(ok)) == [False, False, False, True]
+    out = _mul(a, b, z, w)
+    _check_mul(a, b, z, w, out)
+    want = _dot(a[:, None], b[:, None], z, w)
+    for o, t in zip(out, (want[0][:, 0], want[1][:, 0], want[2])):
+        np.testing.assert_allclose(o, t, rtol=1e-6)
+
+
+def test_mul_shapes_broadcast_weights_and_empty():
+    rng = np.random.default_rng(6)
+    a, b, z = (np.asarray(x, np.float32) for x in rng.normal(size=(3, 2, 3)))
+    w = np.asarray([[1.0], [4.0]], np.float32)
+    out = _mul(a, b, z, w)
+    assert all(o.shape == (2, 3) and o.dtype == np.float32 for o in out)
+    flat = _mul(a.ravel(), b.ravel(), z.ravel(), np.broadcast_to(w, (2, 3)).ravel())
+    for o, f in zip(out, flat):
+        np.testing.assert_allclose(np.asarray(o).ravel(), f, rtol=1e-6)
+    empty = _mul(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)))
+    assert all(o.shape == (0, 3) for o in empty)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mul_queries_on_the_graph_stay_put(dtype):
+    """z = a b exactly: the root is t = 0 and either orientation of the fast solver applies;
+    it must pick one consistently (a regression: FMA contraction made copies disagree)."""
+    rng = np.random.default_rng(8)
+    a, b = (np.asarray(x, dtype) for x in rng.normal(size=(2, 5000)))
+    z = a * b
+    out = _mul(a, b, z, np.ones_like(a))
+    _check_mul(a, b, z, np.ones_like(a), out)
+    for o, want in zip(out, (a, b, z)):
+        np.testing.assert_allclose(o, want, rtol=4 * _eps(dtype), atol=4 * _eps(dtype))
