@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from projc.backends.jax import algorithms, sharding
+from projc.backends.jax import algorithms, factored, sharding
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
 from projc.backends.jax.sharding import MeshShape
@@ -38,6 +38,7 @@ class StepConfig:
     monitor: bool = True  # per-iteration residuals (one more pass over the state)
     devices: int = 1  # > 1: the state sharded over a device mesh (backends/jax/sharding.py)
     model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
+    factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off
 
 
 def io_names(prog: Program) -> tuple[str, str, Slot]:
@@ -68,6 +69,9 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 
     mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
+    plan = factored.choose(schedule, config.algorithm, config.factored, config.devices)
+    if plan is not None:  # same iterates as below, without materialising the dense layers' copies
+        return jax.jit(factored.step_function(schedule, plan, projector, config, (data, label)))
     constrain = lambda state: state  # noqa: E731 - one device: no layout to pin
     if mesh.sharded:
         jax_mesh = sharding.make_mesh(mesh)

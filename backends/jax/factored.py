@@ -1,0 +1,532 @@
+"""Factored alternating projections: AP without the (B, M, N) copies (method.md section 4).
+
+In AP, ``x <- P_1(P_0(x))``, block 1 ends every iteration by writing each variable it
+produces (a group's output, a parameter's consensus, a data clamp) to all of that variable's
+copies, so at the start of an iteration all copies of a variable are equal (the forward-pass
+state is of that form too). A dense layer in block 0 is a ``dot`` or ``linear`` group of shape
+``(R, C)`` whose operands ``(R, C, N)`` repeat the rows of an ``(R, N)`` matrix along the
+columns and the rows of a ``(C, N)`` matrix along the rows. Its projection then needs only
+
+- ``p = H W^T`` (a matmul) and the row norms, then the scalar solve on ``R x C`` scalars: the
+  dot solver of ``projections/dot.py`` takes ``U = (q + 2p)/4`` and ``V = (q - 2p)/4`` with
+  ``q_ij = |h_i|^2 + |w_j|^2``; a linear group needs ``c.x`` only;
+- and, for block 1, only the consensus of the projected copies, i.e. their sums over the
+  broadcast axis, which are matmuls again. With ``S = (cu + cv)/2``, ``D = (cu - cv)/2``
+  (``cu, cv, eu, ev`` the solver's coefficients of ``u = a + b``, ``v = a - b`` and of the unit
+  vector ``e``), ``a'_ij = S_ij h_i + D_ij w_j + (eu + ev)_ij/2 e``, so
+  ``sum_j a'_ij = h_i sum_j S_ij + (D W)_i + e sum_j (eu + ev)_ij/2``; ``b'`` likewise with
+  ``eu - ev``. A linear group ``y = c.x + d`` with constant rows ``c`` moves every copy
+  ``x_ij`` by ``K_ij c_i`` (``K = w r/(1 + w |c|^2)``), so ``sum_i x'_ij = R x_j + (K^T C)_j``.
+
+The state this path carries is the common value of every factored variable plus the small
+copies that stay materialised, not the big copies: ``O(BN + NM + BM)`` per dense layer.
+
+**Exactness condition** (checked by :func:`plan`). A group is factored when
+
+1. it is a ``dot`` (both operands copies) or a ``linear`` group (operand ``x`` a copy, ``c`` a
+   read of fixed data through a slot), of rank-2 shape ``(R, C)``;
+2. it lies in block 0, the block AP projects first (so its copies are equal when it is
+   projected: block 1, which writes them all from one value, ran just before);
+3. one operand's index map ends in ``bcast(1, C)`` and the other's in ``bcast(0, R)``; what
+   comes before (any reshape/transpose/take, padding included) maps the variable onto the
+   ``(R, N)`` or ``(C, N)`` matrix whose rows the copies repeat;
+4. every copied variable is produced in block 1 (by a group, a parameter consensus or a data
+   clamp): guaranteed by the two-colouring, checked anyway.
+
+Every other constraint keeps its materialised copies and its ordinary projection. The
+iterates equal materialised AP's up to rounding. The path needs the ``ap`` algorithm, a
+two-block schedule and one device.
+
+Diagnostics match the materialised ones: the residual ``|x_{k+1} - x_k|`` counts a factored
+variable's change once per copy, and the violation ``|P_1(s) - s|`` at the shadow
+``s = P_0(x)`` expands ``sum_ij |x'_i - a'_ij|^2`` into matrix products.
+
+Float32: ``V = (q - 2p)/4`` cancels when some ``h_i ~ w_j`` (``U`` when ``h_i ~ -w_j``), the case
+the dot recipe avoids by reducing ``|a - b|^2`` directly, and ``S h + D w`` then cancels too.
+Such pairs (``min(U, V) < 1e-2 q``; at most ``max(R, C)`` of them, the worst first) are solved
+from their own vectors as ``projections/dot.py`` does and leave the matmuls; with them fixed
+the factored dot is as accurate as the materialised one (tests/backend/test_factored.py).
+Pairs beyond that budget keep the cancellation (a degenerate layer, not seen in MLPs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from projc.backends.jax.algorithms import distance
+from projc.backends.jax.iterate import _KERNELS, BlockProjector  # the materialised groups' kernels
+from projc.backends.jax.program_forward import forward_values
+# the dot operator's scalar solver, reused on (U, V, z, 1/w) built from the factored quantities
+from projc.backends.jax.projections.dot import _COMPAT_STEPS, _compat_newton, _solve
+from projc.backends.jax.state import gather, send, slot_key
+from projc.constraints import Group, Program, Slot, VarKind
+from projc.errors import ProjcError
+from projc.index_map import Broadcast, IndexMap
+from projc.passes.schedule_blocks import Schedule
+
+MODES = ("auto", "on", "off")
+_HIGHEST = lax.Precision.HIGHEST  # no reduced-precision matmuls (TF32 on GPUs)
+
+
+# --- the plan: which groups factor --------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One operand of a factored group: the ``(n, N)`` matrix its copies repeat."""
+
+    role: str
+    var: str
+    prefix: IndexMap  # the variable -> the matrix (the slot's map without its last broadcast)
+    copy: bool  # False: ``c`` of a linear group, read from the data
+
+
+@dataclasses.dataclass(frozen=True)
+class FactoredGroup:
+    """A block-0 ``dot``/``linear`` group of shape ``(R, C)``, kept as its two matrices."""
+
+    name: str
+    kind: str
+    out: str
+    row: Side  # an (R, N) matrix, broadcast along the columns
+    col: Side  # a (C, N) matrix, broadcast along the rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The factored groups of a schedule and the variables whose copies they hold."""
+
+    groups: dict[str, FactoredGroup]
+    variables: tuple[str, ...]  # variables carried as one value (every factored side's var)
+    reason: str | None = None  # why nothing factors (None when something does)
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+
+def _side(slot: Slot, axis: int, size: int) -> Side | None:
+    """The slot as a matrix broadcast at ``axis`` (``size`` copies), or None."""
+    last = slot.imap.steps[-1] if slot.imap.steps else None
+    if not (isinstance(last, Broadcast) and last.axis == axis and last.size == size):
+        return None
+    prefix = IndexMap(slot.imap.src_shape, slot.imap.steps[:-1])
+    return Side(slot.role, slot.var, prefix, slot.copy) if len(prefix.shape) == 2 else None
+
+
+def _counts(imap: IndexMap) -> np.ndarray:
+    """``G^T(1)``, without materialising the copies when the map ends in broadcasts."""
+    if imap.steps and isinstance(imap.steps[-1], Broadcast):
+        return imap.steps[-1].size * _counts(IndexMap(imap.src_shape, imap.steps[:-1]))
+    return imap.counts()
+
+
+def _producer_node(prog: Program, var: str) -> str:
+    v = prog.variables[var]
+    if v.kind is VarKind.HIDDEN:
+        return v.producer
+    return f"{'param' if v.kind is VarKind.PARAM else 'data'}:{var}"
+
+
+def factor_group(prog: Program, colour: Mapping[str, int], group: Group) -> FactoredGroup | str:
+    """The group's factored form, or the reason it does not factor (the module's conditions)."""
+    if group.kind not in ("dot", "linear"):
+        return f"{group.kind} groups do not factor"
+    if colour.get(group.name) != 0:
+        return "not in the block AP projects first"
+    if len(group.shape) != 2 or len(group.slots) != 2:
+        return f"shape {group.shape}: only rank-2 (rows, columns) groups factor"
+    rows, cols = group.shape
+    sides = {}
+    for slot in group.slots:
+        side = _side(slot, 1, cols) or _side(slot, 0, rows)
+        if side is None:
+            return f"operand {slot.role} is not a matrix broadcast over one group axis"
+        sides["row" if _side(slot, 1, cols) else "col"] = side
+    if set(sides) != {"row", "col"}:
+        return "both operands broadcast over the same axis"
+    by_role = {s.role: s for s in sides.values()}
+    if group.kind == "dot" and not (by_role["a"].copy and by_role["b"].copy):
+        return "a dot operand is not a copy"
+    if group.kind == "linear" and (not by_role["x"].copy or by_role["c"].copy):
+        return "a linear group must copy x and read c"
+    for side in sides.values():
+        if side.copy and colour.get(_producer_node(prog, side.var)) != 1:
+            return f"%{side.var} is not produced in the other block"
+    return FactoredGroup(group.name, group.kind, group.out, sides["row"], sides["col"])
+
+
+def plan(schedule: Schedule) -> Plan:
+    """Which groups of a two-block schedule factor under AP (the module's exactness condition)."""
+    prog, colour = schedule.program, schedule.colour
+    if len(schedule.blocks) != 2:
+        return Plan({}, (), f"factored AP needs a two-block schedule, this one has {len(schedule.blocks)}")
+    groups, reasons = {}, []
+    for group in prog.groups.values():
+        found = factor_group(prog, colour, group)
+        if isinstance(found, FactoredGroup):
+            groups[group.name] = found
+        elif group.kind in ("dot", "linear"):
+            reasons.append(f"{group.name}: {found}")
+    variables = tuple(sorted({s.var for g in groups.values() for s in (g.row, g.col) if s.copy}))
+    reason = None if groups else "no dot/linear group factors" + (f" ({'; '.join(reasons)})" if reasons else "")
+    return Plan(groups, variables, reason)
+
+
+def choose(schedule: Schedule, algorithm: str, mode: str = "auto", devices: int = 1) -> Plan | None:
+    """The plan to run factored, or None for the materialised path.
+
+    ``mode``: ``"off"`` never; ``"auto"`` whenever the algorithm is AP on one device and some
+    group factors; ``"on"`` like auto but a clear error when it cannot apply.
+    """
+    if mode not in MODES:
+        raise ProjcError(f"factored {mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "off":
+        return None
+    if algorithm != "ap":
+        reason = f"factored iterations exist for alternating projections only, not {algorithm!r}"
+    elif devices != 1:
+        reason = "factored AP runs on one device"
+    else:
+        found = plan(schedule)
+        reason = found.reason
+        if found:
+            return found
+    if mode == "on":
+        raise ProjcError(f"factored AP does not apply: {reason}")
+    return None
+
+
+# --- factored kernels -----------------------------------------------------------------------
+
+
+def _mm(x, y):
+    return jnp.matmul(x, y, precision=_HIGHEST)
+
+
+# Pairs with min(U, V) < _NEAR q are solved from their own vectors: there q +- 2p loses
+# log10(1/_NEAR) more digits than the recipe's direct reduction, and S a + D b cancels.
+_NEAR = 1e-2
+
+
+@dataclasses.dataclass
+class Projected:
+    """A factored side after the projection: copy ``(i, j)`` is ``s x_i + d y_j + e u``, with
+    ``x`` this side's matrix, ``y`` the other's, ``u`` the unit vector of equal entries, and the
+    coefficient matrices indexed (this side, other side). Near pairs (``fix``) have zero
+    coefficients there and carry their projected copies explicitly."""
+
+    x: jax.Array
+    y: jax.Array
+    s: jax.Array
+    d: jax.Array
+    e: jax.Array
+    fix: "NearPairs | None" = None
+
+    def total(self) -> jax.Array:
+        """The sum of the projected copies over the broadcast axis, a matrix like ``x``."""
+        out = jnp.sum(self.s, 1)[:, None] * self.x + _mm(self.d, self.y)
+        out = out + (jnp.sum(self.e, 1) / float(np.sqrt(self.x.shape[1])))[:, None]
+        if self.fix is not None:
+            out = out + jax.ops.segment_sum(self.fix.masked(), self.fix.own, self.x.shape[0])
+        return out
+
+    def deviation(self, x_new: jax.Array) -> jax.Array:
+        """``sum_ij |x_new_i - copy_ij|^2`` from matrix products only (and the near pairs)."""
+        delta, root = x_new - self.x, float(np.sqrt(self.x.shape[1]))
+        al, be, ga = 1 - self.s, -self.d, -self.e  # x_new - copy = delta + al x + be y + ga u
+        xx, yy = jnp.sum(self.x * self.x, 1), jnp.sum(self.y * self.y, 1)
+        xe, ye = jnp.sum(self.x, 1) / root, jnp.sum(self.y, 1) / root
+        dd, dx, de = jnp.sum(delta * delta, 1), jnp.sum(delta * self.x, 1), jnp.sum(delta, 1) / root
+        terms = (dd[:, None] + al * al * xx[:, None] + be * be * yy[None, :] + ga * ga
+                 + 2 * al * dx[:, None] + 2 * be * _mm(delta, self.y.T) + 2 * ga * de[:, None]
+                 + 2 * al * be * _mm(self.x, self.y.T) + 2 * al * ga * xe[:, None] + 2 * be * ga * ye[None, :])
+        if self.fix is not None:
+            f = self.fix
+            exact = jnp.sum(jnp.square(x_new[f.own] - f.copies), 1)
+            terms = terms.at[f.own, f.other].set(jnp.where(f.valid, exact, terms[f.own, f.other]))
+        return jnp.maximum(jnp.sum(terms), 0)
+
+
+@dataclasses.dataclass
+class NearPairs:
+    """Up to k pairs solved one by one: indices on this side and the other, and their copies."""
+
+    own: jax.Array
+    other: jax.Array
+    valid: jax.Array
+    copies: jax.Array  # (k, N) projected copies of this side's operand
+
+    def masked(self) -> jax.Array:
+        return jnp.where(self.valid[:, None], self.copies, 0)
+
+
+def _near_pairs(rows, cols, big_u, big_v, q):
+    """The (at most max(R, C)) pairs most prone to cancellation, and which of them need it."""
+    n_rows, n_cols = big_u.shape
+    ratio = jnp.where(q > 0, jnp.minimum(big_u, big_v) / jnp.where(q > 0, q, 1), 1).ravel()
+    k = min(n_rows * n_cols, max(n_rows, n_cols))
+    _, flat = lax.top_k(-ratio, k)
+    i, j = flat // n_cols, flat % n_cols
+    return i, j, ratio[flat] < _NEAR
+
+
+def _dot(fg: FactoredGroup, rows, cols, z, w, compat):
+    """A factored dot group: ``(projected sides by role, z')``."""
+    p = _mm(rows, cols.T)
+    q = jnp.sum(rows * rows, 1)[:, None] + jnp.sum(cols * cols, 1)[None, :]
+    if compat:  # PJAX solves from p and q itself: a' = (a + t b)/(1 - t^2), z' = z - t
+        t = lax.fori_loop(0, _COMPAT_STEPS, lambda _, t: _compat_newton(t, p, q, z), jnp.zeros_like(p))
+        s, d = 1 / (1 - t * t), t / (1 - t * t)
+        zero = jnp.zeros_like(s)
+        return {fg.row.role: Projected(rows, cols, s, d, zero),
+                fg.col.role: Projected(cols, rows, s.T, d.T, zero.T)}, z - t
+    # clamped: rounding in q +- 2p must not make a squared norm negative
+    big_u, big_v = jnp.maximum(0.25 * (q + 2 * p), 0), jnp.maximum(0.25 * (q - 2 * p), 0)
+    i, j, valid = _near_pairs(rows, cols, big_u, big_v, q)
+    a, b = (rows[i], cols[j]) if fg.row.role == "a" else (cols[j], rows[i])
+    big_u = big_u.at[i, j].set(jnp.where(valid, 0.25 * jnp.sum(jnp.square(a + b), 1), big_u[i, j]))
+    big_v = big_v.at[i, j].set(jnp.where(valid, 0.25 * jnp.sum(jnp.square(a - b), 1), big_v[i, j]))
+    shape = jnp.broadcast_shapes(big_u.shape, z.shape, jnp.shape(w))
+    cu, eu, cv, ev, z2 = _solve(*(jnp.broadcast_to(x, shape) for x in (big_u, big_v, z, 1 / w)))
+    # the near pairs' copies as dot.py forms them, from u = a + b and v = a - b
+    e = float(1 / np.sqrt(a.shape[-1]))
+    u_part = cu[i, j][:, None] * (a + b) + (eu[i, j] * e)[:, None]
+    v_part = cv[i, j][:, None] * (a - b) + (ev[i, j] * e)[:, None]
+    a2, b2 = 0.5 * (u_part + v_part), 0.5 * (u_part - v_part)
+    keep = jnp.ones_like(cu).at[i, j].set(jnp.where(valid, 0, 1))  # near pairs leave the matmuls
+    s, d = keep * 0.5 * (cu + cv), keep * 0.5 * (cu - cv)
+    e_a, e_b = keep * 0.5 * (eu + ev), keep * 0.5 * (eu - ev)
+    row_copies, col_copies, e_row, e_col = (a2, b2, e_a, e_b) if fg.row.role == "a" else (b2, a2, e_b, e_a)
+    return {fg.row.role: Projected(rows, cols, s, d, e_row, NearPairs(i, j, valid, row_copies)),
+            fg.col.role: Projected(cols, rows, s.T, d.T, e_col.T, NearPairs(j, i, valid, col_copies))}, z2
+
+
+def _linear(fg: FactoredGroup, rows, cols, y, w, d_offset):
+    """A factored linear group ``y = c.x + d``: x's copies move by ``K_ij c``."""
+    x_is_row = fg.row.role == "x"
+    c = cols if x_is_row else rows
+    cc = jnp.sum(c * c, 1)
+    cc = cc[None, :] if x_is_row else cc[:, None]
+    k = (y - _mm(rows, cols.T) - d_offset) / (1 + w * cc)
+    big_k = jnp.broadcast_to(w * k, k.shape)
+    one = jnp.ones_like(big_k)
+    side = Projected(rows, cols, one, big_k, jnp.zeros_like(big_k)) if x_is_row else \
+        Projected(cols, rows, one.T, big_k.T, jnp.zeros_like(big_k.T))
+    return {"x": side}, y - k
+
+
+# --- the factored iteration -------------------------------------------------------------------
+
+
+class FactoredAP:
+    """AP over a factored state ``{"copies": materialised slots, "values": factored variables}``."""
+
+    def __init__(self, projector: BlockProjector, the_plan: Plan):
+        self.proj, self.plan = projector, the_plan
+        prog = self.prog = projector.prog
+        self.dtype = projector.dtype
+        factored_slots = {(g, s.role) for g in the_plan.groups for s in (the_plan.groups[g].row,
+                                                                          the_plan.groups[g].col)}
+        self._materialised = {v: [(slot_key(g.name, s), s) for g, s in prog.copies_of(v)
+                                  if (g.name, s.role) not in factored_slots] for v in prog.variables}
+        # per entry, all copies (the consensus's divisor) and those the factored slots stand for
+        self._counts = {v: sum((_counts(s.imap) for _, s in prog.copies_of(v)), np.zeros(var.shape))
+                        for v, var in prog.variables.items()}
+        self._factored_counts = {v: sum(_counts(s.imap) for g, s in prog.copies_of(v)
+                                        if (g.name, s.role) in factored_slots) for v in the_plan.variables}
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        """Block 0 never reads or writes a factored variable's consensus; block 1 writes them all."""
+        colour = self.proj.colour
+        for var in self.plan.variables:
+            node = _producer_node(self.prog, var)
+            if colour.get(node) != 1:
+                raise ProjcError(f"factored AP: %{var} is not produced in block 1")
+            if any(colour.get(g.name) != 0 for g, _ in self.prog.copies_of(var)):
+                raise ProjcError(f"factored AP: a copy of %{var} is read outside block 0")
+
+    def with_data(self, data: Mapping[str, jax.Array]) -> "FactoredAP":
+        """The same iteration on another minibatch (traceable)."""
+        other = copy.copy(self)
+        other.proj = self.proj.with_data(data)
+        return other
+
+    # state ------------------------------------------------------------------------------
+
+    def init(self, values: Mapping[str, jax.Array]) -> dict:
+        """The forward-pass state: every copy equals its variable."""
+        copies = {k: send(s.imap, jnp.asarray(values[s.var], self.dtype))
+                  for v in self.prog.variables for k, s in self._materialised[v]}
+        return {"copies": copies, "values": {v: jnp.asarray(values[v], self.dtype) for v in self.plan.variables}}
+
+    def materialise(self, state: dict) -> dict:
+        """The full state (every copy slot) this factored state stands for (tests, small programs)."""
+        full = dict(state["copies"])
+        for g in self.plan.groups.values():
+            for side in (g.row, g.col):
+                if side.copy:
+                    slot = next(s for s in self.prog.groups[g.name].slots if s.role == side.role)
+                    full[slot_key(g.name, slot)] = send(slot.imap, state["values"][side.var])
+        return full
+
+    # consensus and broadcast -------------------------------------------------------------------
+
+    def consensus(self, copies, totals, var: str) -> jax.Array:
+        """The mean of ``var``'s copies: materialised ones gathered, factored ones from ``totals``."""
+        total = totals.get(var, 0) + sum(gather(s.imap, copies[k], self.dtype) for k, s in self._materialised[var])
+        counts = self._counts[var]
+        return jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(self.dtype)
+
+    def _totals_at(self, values) -> dict:
+        """``G^T G v = counts v``: the factored copies' sums when they all equal ``v``."""
+        return {v: jnp.asarray(self._factored_counts[v], self.dtype) * values[v] for v in values}
+
+    def parameters(self, state: dict) -> dict[str, jax.Array]:
+        """Parameters read out the materialised way: the consensus of their copies."""
+        totals = self._totals_at(state["values"])
+        return {v: self.consensus(state["copies"], totals, v)
+                for v, var in self.prog.variables.items() if var.kind is VarKind.PARAM}
+
+    def _broadcast(self, var, value, copies, values) -> None:
+        for key, slot in self._materialised[var]:
+            copies[key] = send(slot.imap, value)
+        if var in self.plan.variables:
+            values[var] = value
+
+    # the two block projections ----------------------------------------------------------------
+
+    def _matrix(self, side: Side, values) -> jax.Array:
+        source = values[side.var] if side.copy else self.proj.data[side.var]
+        return send(side.prefix, jnp.asarray(source, self.dtype))
+
+    def _factored_group(self, fg: FactoredGroup, copies, values, new):
+        """Project one factored group: its output's copies written, its sides returned."""
+        group = self.prog.groups[fg.name]
+        y = self.consensus(copies, {}, fg.out)
+        w = self.proj.weights[fg.out]
+        rows, cols = self._matrix(fg.row, values), self._matrix(fg.col, values)
+        if fg.kind == "dot":
+            sides, y2 = _dot(fg, rows, cols, y, w, self.proj.compat)
+        else:
+            sides, y2 = _linear(fg, rows, cols, y, w, jnp.asarray(group.attrs.get("d", 0.0), self.dtype))
+        self._broadcast(fg.out, y2, new, {})
+        return sides
+
+    def _group(self, group: Group, copies, totals, new, new_values) -> None:
+        """A materialised group: BlockProjector's projection with the factored consensus."""
+        if group.kind == "loss":  # reads only its own slots
+            self.proj._group(group, copies, new)
+            return
+        ops = {s.role: self.proj._operand(group, i, copies) for i, s in enumerate(group.slots)}
+        y = self.consensus(copies, totals, group.out)
+        inputs, y2 = _KERNELS[group.kind](group, ops, y, self.proj.weights[group.out], self.proj.compat)
+        for slot, value in zip((s for s in group.slots if s.copy), inputs):
+            new[slot_key(group.name, slot)] = value
+        self._broadcast(group.out, y2, new, new_values)
+
+    def project_first(self, state: dict):
+        """``P_0`` on a state whose factored copies are equal: the new materialised copies, the
+        factored copies' sums per variable (``G^T`` of the projected copies), and the projected
+        sides (for the violation)."""
+        copies, values = state["copies"], state["values"]
+        new, totals, shadow = dict(copies), {}, {}
+        for node in self.proj.nodes(0):
+            if node in self.plan.groups:
+                fg = self.plan.groups[node]
+                sides = self._factored_group(fg, copies, values, new)
+                for side in (fg.row, fg.col):
+                    if side.copy:
+                        total = gather(side.prefix, sides[side.role].total(), self.dtype)
+                        totals[side.var] = totals.get(side.var, 0) + total
+                        shadow[(fg.name, side.role)] = sides[side.role]
+            elif node in self.prog.groups:
+                self._group(self.prog.groups[node], copies, {}, new, {})
+            else:
+                self._node(node, copies, {}, new, {})
+        return new, totals, shadow
+
+    def project_second(self, copies, totals) -> dict:
+        """``P_1``: every group, parameter and data clamp of block 1; factored variables are
+        written once, as the value all their copies take."""
+        new, values = dict(copies), {}
+        for node in self.proj.nodes(1):
+            if node in self.prog.groups:
+                self._group(self.prog.groups[node], copies, totals, new, values)
+            else:
+                self._node(node, copies, totals, new, values)
+        return {"copies": new, "values": values}
+
+    def _node(self, node, copies, totals, new, values) -> None:
+        kind, var = node.split(":", 1)
+        value = self.consensus(copies, totals, var) if kind == "param" else self.proj.data[var]
+        self._broadcast(var, jnp.asarray(value, self.dtype), new, values)
+
+    def iterate(self, state: dict) -> dict:
+        """One AP iteration ``P_1(P_0(x))``."""
+        return self.project_second(*self.project_first(state)[:2])
+
+    # diagnostics --------------------------------------------------------------------------------
+
+    def residual(self, new: dict, old: dict) -> jax.Array:
+        """``|x_{k+1} - x_k|`` over the materialised state: each factored variable's change
+        counted once per copy."""
+        sq = jnp.square(distance(new["copies"], old["copies"])) if new["copies"] else 0.0
+        for v in self.plan.variables:
+            diff = new["values"][v] - old["values"][v]
+            sq = sq + jnp.sum(jnp.asarray(self._factored_counts[v], self.dtype) * diff * diff)
+        return jnp.sqrt(sq)
+
+    def violation(self, state: dict) -> jax.Array:
+        """``|P_1(s) - s|`` at the shadow ``s = P_0(x)``, as :func:`algorithms.violation`."""
+        copies, totals, shadow = self.project_first(state)
+        after = self.project_second(copies, totals)
+        sq = jnp.square(distance(after["copies"], copies)) if copies else 0.0
+        for (name, role), side in shadow.items():
+            fg = self.plan.groups[name]
+            spec = fg.row if fg.row.role == role else fg.col
+            sq = sq + side.deviation(self._matrix(spec, after["values"]))
+        return jnp.sqrt(sq)
+
+
+def run(fap: FactoredAP, state: dict, iterations: int, *, monitor: bool = True) -> tuple[dict, jax.Array]:
+    """``iterations`` factored AP iterations in one ``lax.scan``, with the per-iteration
+    residuals of the materialised state (empty without ``monitor``), as ``algorithms.run``."""
+
+    def body(x, _):
+        new = fap.iterate(x)
+        return new, (fap.residual(new, x) if monitor else None)
+
+    final, residuals = lax.scan(body, state, None, length=iterations)
+    return final, (residuals if monitor else jnp.zeros((0,), jnp.float32))
+
+
+def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector, config, names) -> Callable:
+    """``step(params, x, labels)`` of ``train_step.make_step`` on the factored path (unjitted)."""
+    prog = schedule.program
+    data, label = names
+    fap = FactoredAP(projector, the_plan)
+
+    def step(params, x, labels):
+        f = fap.with_data({data: x, label: labels})
+        state = f.init(forward_values(prog, {data: x, **params}))
+        final, residuals = run(f, state, config.iterations, monitor=config.monitor)
+        new = f.parameters(final)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
+        stats = {"residuals": residuals, "finite": finite}
+        if config.monitor:
+            stats["violation"] = f.violation(final)
+        return new, stats
+
+    return step
+
+
+__all__ = ["FactoredAP", "FactoredGroup", "MODES", "Plan", "Side", "choose", "factor_group", "plan", "run",
+           "step_function"]
