@@ -4,6 +4,8 @@ import os
 
 # Tests run on the CPU, with a few virtual devices available to sharding tests that ask.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# tests compile afresh: no persistent XLA cache shared with other processes (the CLI turns it on)
+os.environ.setdefault("PROJC_CACHE_DIR", "off")
 
 import projc.backends.jax  # noqa: E402,F401  (enables x64 before any JAX array exists)
 
