@@ -183,7 +183,7 @@ def train(
     model: Path = typer.Argument(..., help="An ONNX model file or a compiled artifact (model.projc).", show_default=False),
     data: str = typer.Option(..., "--data", "-d", help="Built-in data set (digits, mnist5k, mnist1d) or a .npz file."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Trained ONNX model [default: MODEL.trained.onnx here]."),
-    epochs: int = typer.Option(10, "--epochs", "-e", help="Passes over the training split."),
+    epochs: int = typer.Option(5, "--epochs", "-e", help="Passes over the training split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffling and the validation split."),
     validation: float = typer.Option(0.0, "--validation", help="Fraction of the training split held out for early stopping."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without a better validation accuracy (keeps the best epoch)."),

@@ -112,7 +112,7 @@ def _write_log(path: Path, program, data: Dataset, options: dict, history: list[
     write_atomic(path, json.dumps(log, indent=1) + "\n")
 
 
-def train(program, data: Dataset, *, epochs: int = 10, seed: int = 0, validation: float = 0.0,
+def train(program, data: Dataset, *, epochs: int = 5, seed: int = 0, validation: float = 0.0,
           patience: int | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = False,
           log: str | os.PathLike | None = None, plot: str | os.PathLike | None = None, progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None) -> "TrainResult":
