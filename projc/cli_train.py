@@ -96,6 +96,9 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+_FLAG = {"lam": "lambda", "dims": "dim"}  # option names whose flag is spelled otherwise
+
+
 def _compile(model: Path, options: dict):
     from projc.program import compile as compile_program
 
@@ -110,7 +113,7 @@ def _open(model: Path, options: dict):
     if is_artifact(model):
         mesh = {k: options.pop(k) for k in ("devices", "model_parallel") if k in options}
         if options:
-            flags = ", ".join("--" + k.replace("_", "-").replace("lam", "lambda") for k in options)
+            flags = ", ".join("--" + _FLAG.get(k, k.replace("_", "-")) for k in options)
             raise ProjcError(f"{model}: a compiled artifact fixes {flags}; recompile the ONNX model to change them")
         return load(model, **mesh)  # --devices on an artifact re-shards it
     return _compile(model, options)

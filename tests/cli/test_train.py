@@ -175,8 +175,9 @@ def test_bad_training_input_exits_2(monkeypatch, capsys, tmp_path, args, message
 def test_artifact_refuses_compile_flags_and_an_op_that_does_not_train(monkeypatch, capsys, tmp_path):
     art = tmp_path / "m.projc"
     assert run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(art), "-i", "2")[0] in (0, None)
-    code, _, err = run_cli(monkeypatch, capsys, "train", str(art), "-d", "digits", "--iterations", "5")
-    assert code == 2 and "fixes --iterations" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(art), "-d", "digits", "--iterations", "5",
+                           "--loss-lambda", "2", "--lambda", "0.4")
+    assert code == 2 and "fixes --iterations, --lambda, --loss-lambda" in err
     code, stdout, _ = run_cli(monkeypatch, capsys, "inspect", str(art), "-f", "json")
     shown = json.loads(stdout)
     assert shown["artifact"]["config"]["iterations"] == 2 and shown["cost"]["state_floats"] > 0
