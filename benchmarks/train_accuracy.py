@@ -61,14 +61,15 @@ RUNS = [
 def run_one(run: Run, seed: int) -> dict:
     program = projc.compile(MODELS / run.model, **run.compile_options())
     data = projc.load_dataset(run.data)
-    before = program.accuracy(*program.fit(data)[2:])
+    _, _, x_test, y_test = program.fit(data)
+    before = program.accuracy(x_test, y_test)
     start = time.perf_counter()
     result = program.train(data, epochs=run.epochs, seed=seed)
     wall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trained.onnx"
         program.export_onnx(out)
-        ort = onnxruntime_accuracy(out, *program.fit(data)[2:], batch_size=program.batch_size)
+        ort = onnxruntime_accuracy(out, x_test, y_test, batch_size=program.batch_size)
     accs = [r["test_accuracy"] for r in result.history]
     reached = next((i for i, a in enumerate(accs) if a >= run.target - 1e-9), None)
     per_epoch = result.history[0]["minibatches"]

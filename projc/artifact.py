@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from projc.errors import ModelLoadError, ProjcError
+from projc.fileio import make_public
 
 SCHEMA, VERSION = "projc.artifact", 1
 FILES = ("manifest.json", "model.onnx", "schedule.json", "params.npz", "step.jaxexport", "predict.jaxexport")
@@ -65,6 +66,8 @@ def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = N
     from projc import __version__
 
     path = Path(path)
+    if path.exists() and not is_artifact(path):  # before the export, which takes seconds
+        raise ProjcError(f"{path}: exists and is not a projc artifact; refusing to overwrite it")
     platforms = tuple(platforms or program.platforms)
     try:
         step, predict = export_step(program, platforms)
@@ -90,11 +93,9 @@ def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = N
         "step.jaxexport": bytes(step.serialize()),
         "predict.jaxexport": bytes(predict.serialize()),
     }
-    if path.exists() and not (path / "manifest.json").exists():
-        raise ProjcError(f"{path}: exists and is not a projc artifact; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary output directory
+    make_public(tmp)
     try:
         for name, data in contents.items():
             (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)

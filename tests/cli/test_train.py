@@ -175,6 +175,16 @@ def test_bad_training_input_exits_2(monkeypatch, capsys, tmp_path, args, message
 def test_artifact_refuses_compile_flags_and_an_op_that_does_not_train(monkeypatch, capsys, tmp_path):
     art = tmp_path / "m.projc"
     assert run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(art), "-i", "2")[0] in (0, None)
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(art.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert stat.S_IMODE((art / "manifest.json").stat().st_mode) == 0o666 & ~umask
+    (tmp_path / "plain").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(tmp_path / "plain"), "-i", "2")
+    assert code == 2 and "not a projc artifact" in err
     code, _, err = run_cli(monkeypatch, capsys, "train", str(art), "-d", "digits", "--iterations", "5",
                            "--loss-lambda", "2", "--lambda", "0.4")
     assert code == 2 and "fixes --iterations, --lambda, --loss-lambda" in err
