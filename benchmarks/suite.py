@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import projc
 from projc.backends.jax import algorithms
