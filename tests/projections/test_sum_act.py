@@ -209,3 +209,43 @@ def test_slot_layout_matches_stacked_layout(act, params, compat):
     assert isinstance(xs2, tuple) and len(xs2) == 3
     np.testing.assert_allclose(np.stack([np.asarray(v) for v in xs2], -1), np.asarray(x2), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(ys2), np.asarray(y2), rtol=1e-6, atol=1e-6)
+
+
+def _golden_min(cost, lo, hi, steps=80):
+    """The least `cost` on each `[lo, hi]` by golden-section search (vectorised)."""
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(steps):
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        left = cost(m1) < cost(m2)
+        lo, hi = np.where(left, lo, m1), np.where(left, m2, hi)
+    return cost((lo + hi) / 2)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_sigmoidal_extreme_queries(act, dtype):
+    """Outputs far outside the range (|y| up to ~1e4) and weights from 1e-3 to 1e3, where the
+    minimiser sits deep in the saturated tail or the cost has two local minima: the kernel is
+    no worse than a dense grid refined by golden sections."""
+    rng = np.random.default_rng(5)
+    n, k = 300, 2
+    scale = rng.choice([0.1, 1.0, 10.0, 1e2, 1e3, 1e4], size=n)
+    s = rng.normal(size=n) * scale
+    lo_y = -1.2 if act == "tanh" else -0.2
+    y = np.where(rng.random(n) < 0.5, rng.uniform(lo_y, 1.2, n), rng.normal(size=n) * scale)
+    w = np.exp(rng.uniform(np.log(1e-3), np.log(1e3), n))
+    x = np.stack([s / 2 + 1, s / 2 - 1], -1).astype(dtype)
+    y, w = y.astype(dtype), w.astype(dtype)
+    x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w))
+    _check_on_graph(act, {}, x2, y2, dtype, x)
+
+    s, y64, w64 = x.astype(float).sum(-1)[:, None], y.astype(float)[:, None], w.astype(float)[:, None]
+    f = lambda t: ref.activation_forward(act, t)  # noqa: E731
+    cost = lambda t: (t - s) ** 2 / k + w64 * (f(t) - y64) ** 2  # noqa: E731
+    radius = k * w64 * (np.abs(y64) + 1) + 3  # |t* - s| <= k w |f(s) - y| sup f'
+    grid = s + radius * np.linspace(-1, 1, 20001)
+    j = np.argmin(cost(grid), axis=1)[:, None]
+    lo = np.take_along_axis(grid, np.maximum(j - 1, 0), 1)
+    hi = np.take_along_axis(grid, np.minimum(j + 1, grid.shape[1] - 1), 1)
+    best = np.sqrt(np.minimum(_golden_min(cost, lo, hi), np.take_along_axis(cost(grid), j, 1)))[:, 0]
+    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
