@@ -110,8 +110,13 @@ class Levels:
 
     def forward(self, s, p):
         q, b = self._table(s.dtype, p)
-        j = jnp.sum(s[..., None] >= b, axis=-1)  # the number of boundaries at or below s
-        return jnp.asarray(q)[j]
+        # q[number of boundaries at or below s] as a chain of selects over the increasing
+        # boundaries (exact levels; a gather from a table does not fuse on CPU and cost more
+        # than the whole projection around it)
+        out = jnp.full_like(s, q[0])
+        for edge, level in zip(b, q[1:]):
+            out = jnp.where(s >= edge, level, out)
+        return out
 
     def solve(self, s, y, k, w, p, mag):
         q, b = self._table(s.dtype, p)
