@@ -51,9 +51,8 @@ RUNS = [
     Run("mnist1d-mlp", "mlp_mnist1d.onnx", "mnist1d", 12, 0.515),
     Run("digits-sign-mlp", "sign_mlp_digits.onnx", "digits", 10, 0.90, (("iterations", 20),)),
     Run("digits-residual-mlp", "residual_mlp_digits.onnx", "digits", 5, 0.90),
-    # the smooth activations' projections (sigmoid, tanh) are still slow: fewer iterations
-    Run("digits-lstm", "lstm_digits.onnx", "digits", 3, 0.50, (("iterations", 10),)),
-    Run("digits-gru", "gru_digits.onnx", "digits", 3, 0.50, (("iterations", 10),)),
+    Run("digits-lstm", "lstm_digits.onnx", "digits", 6, 0.50, (("iterations", 20),)),
+    Run("digits-gru", "gru_digits.onnx", "digits", 6, 0.50, (("iterations", 20),)),
     Run("digits-cnn", "cnn_digits.onnx", "digits", 5, 0.90, (("iterations", 20),)),
 ]
 
