@@ -8,7 +8,8 @@ For each (model, algorithm) it prints and records:
 - memory of the compiled step (arguments, outputs and temporaries, from XLA's memory analysis);
 - the bandwidth ratio: time per iteration over the time of streaming the state once in and
   once out (``x * 0.5 + 1`` over every state array, iterated in a scan like the algorithm,
-  measured in the same run).
+  measured in the same run; for a bfloat16-stored case still the float32 state, so the ratio
+  shows the gain).
 
 Run: ``python benchmarks/suite.py [--only NAME ...] [--json out.json]``; compare two result
 files with ``python benchmarks/suite.py compare old.json new.json``.
@@ -32,7 +33,7 @@ from projc.backends.jax import algorithms
 from projc.backends.jax.iterate import BlockProjector
 from projc.backends.jax.program_forward import forward_values
 from projc.backends.jax.state import init_state
-from projc.backends.jax.train_step import io_names
+from projc.backends.jax.train_step import STATE_DTYPES, io_names
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -44,10 +45,12 @@ class Case:
     data: str
     algorithm: str = "dr"
     batch: int = 256
+    state_dtype: str = "float32"  # the iterate's storage between iterations
 
 
 CASES = [
     Case("mlp784-128-dr", "mlp_mnist_128.onnx", "mnist5k"),
+    Case("mlp784-128-dr-bf16", "mlp_mnist_128.onnx", "mnist5k", state_dtype="bfloat16"),
     Case("mlp784-128-ap", "mlp_mnist_128.onnx", "mnist5k", "ap"),
     Case("mlp784-64-dr", "mlp_mnist.onnx", "mnist5k"),
     Case("mlp64-32-dr", "mlp_digits.onnx", "digits"),
@@ -68,7 +71,9 @@ def _median_time(fn, *args, repeats: int) -> float:
 
 
 def measure(case: Case, iterations: int, repeats: int) -> dict:
-    program = projc.compile(MODELS / case.model, batch_size=case.batch, algorithm=case.algorithm)
+    program = projc.compile(MODELS / case.model, batch_size=case.batch, algorithm=case.algorithm,
+                            state_dtype=case.state_dtype)
+    storage = STATE_DTYPES[case.state_dtype]
     sched = program.schedule
     prog = sched.program
     data_var, label_var, _ = io_names(prog)
@@ -82,7 +87,8 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
 
     proj = BlockProjector(sched).with_data({data_var: xb, label_var: lb})
     state = jax.jit(lambda p: init_state(prog, forward_values(prog, {data_var: xb, **p})))(program.params)
-    run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False)[0])
+    run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False,
+                                           storage=storage)[0])
     per_iteration = _median_time(run, state, repeats=repeats) / iterations
     one = jax.jit(lambda s: algorithms.get(case.algorithm).iterate(proj.project, s, proj.blocks,
                                                                     {"lam": 0.5, "beta": 1.0}))

@@ -35,17 +35,19 @@ CompatOpt = typer.Option(None, "--pjax-compat/--exact", help="The reference fram
 LogitsOpt = typer.Option(None, "--logits", help="The value the loss acts on (default: the output, head stripped).")
 DevicesOpt = typer.Option(None, "--devices", help="Shard the state over N devices (all processes' in a multi-process run) [default: 1].")
 ModelParallelOpt = typer.Option(None, "--model-parallel", help="Of those devices, how many split the neurons of large layers [default: 1].")
+StateDtypeOpt = typer.Option(None, "--state-dtype", help="Store the iterate between iterations as float32 or bfloat16 (solves stay float32) [default: float32].")
 CoordinatorOpt = typer.Option(None, "--coordinator", help="Multi-process: address:port of process 0 [env: JAX_COORDINATOR_ADDRESS].")
 NumProcessesOpt = typer.Option(None, "--num-processes", help="Multi-process: how many processes [env: JAX_NUM_PROCESSES].")
 ProcessIdOpt = typer.Option(None, "--process-id", help="Multi-process: this process's index, 0 to N-1 [env: JAX_PROCESS_ID].")
 
 
 def _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                     devices=None, model_parallel=None) -> dict:
+                     devices=None, model_parallel=None, state_dtype=None) -> dict:
     """The compile flags the user gave (None = not given)."""
     given = {"batch_size": batch_size, "dims": _parse_dims(dim) or None, "loss": loss, "algorithm": algorithm,
              "iterations": iterations, "lam": lam, "beta": beta, "loss_lambda": loss_lambda,
-             "pjax_compat": pjax_compat, "logits": logits, "devices": devices, "model_parallel": model_parallel}
+             "pjax_compat": pjax_compat, "logits": logits, "devices": devices, "model_parallel": model_parallel,
+             "state_dtype": state_dtype}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -135,13 +137,14 @@ def compile_(
     logits: Optional[str] = LogitsOpt,
     devices: Optional[int] = DevicesOpt,
     model_parallel: Optional[int] = ModelParallelOpt,
+    state_dtype: Optional[str] = StateDtypeOpt,
     platform: str = typer.Option("cpu", "--platform", help="Platforms to export the step for, comma-separated: cpu, cuda, rocm, tpu."),
     emit: Optional[Emit] = typer.Option(None, "--emit", help="Print (or write to -o) one stage instead: ir, constraints, schedule, stablehlo, dot."),
 ) -> None:
     """Compile an ONNX model into a self-contained projection program (an artifact directory
     that `projc train` runs without the source model)."""
     options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                               devices, model_parallel)
+                               devices, model_parallel, state_dtype)
     program = _compile(model, options)
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
     if emit is not None:
@@ -208,6 +211,7 @@ def train(
     logits: Optional[str] = LogitsOpt,
     devices: Optional[int] = DevicesOpt,
     model_parallel: Optional[int] = ModelParallelOpt,
+    state_dtype: Optional[str] = StateDtypeOpt,
     coordinator: Optional[str] = CoordinatorOpt,
     num_processes: Optional[int] = NumProcessesOpt,
     process_id: Optional[int] = ProcessIdOpt,
@@ -217,7 +221,7 @@ def train(
     from projc.datasets import load_dataset
 
     options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                               devices, model_parallel)
+                               devices, model_parallel, state_dtype)
     rank = _distributed(coordinator, num_processes, process_id)
     if rank is not None and "devices" not in options:
         import jax

@@ -40,11 +40,13 @@ class TrainConfig:
     dims: tuple[tuple[str, int], ...] = ()
     devices: int = 1  # devices the state is sharded over (backends/jax/sharding.py)
     model_parallel: int = 1  # of those, how many split the neuron axis of large groups
+    state_dtype: str = "float32"  # the iterate's storage between iterations: float32 or bfloat16
 
     def check(self) -> "TrainConfig":
         """Reject settings no algorithm can run with, naming the flag."""
         from projc.backends.jax.algorithms import ALGORITHMS
         from projc.backends.jax.sharding import MeshShape
+        from projc.backends.jax.train_step import STATE_DTYPES
 
         if self.batch_size < 1:
             raise ProjcError(f"--batch-size {self.batch_size}: must be at least 1")
@@ -60,14 +62,18 @@ class TrainConfig:
             raise ProjcError("--beta 0: the difference map needs a non-zero beta")
         if self.loss_lambda <= 0:
             raise ProjcError(f"--loss-lambda {self.loss_lambda}: must be positive")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ProjcError(f"--state-dtype {self.state_dtype!r}: expected one of {', '.join(STATE_DTYPES)}")
         MeshShape(self.devices, self.model_parallel).check(self.batch_size)
         return self
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["dims"] = dict(self.dims)
-        for key in ("devices", "model_parallel"):  # one device: the record (manifests, checkpoints)
-            if d[key] == 1:                        # stays what it was before sharding existed
+        # at their defaults the record (manifests, checkpoints) stays what it was before these
+        # options existed
+        for key, default in (("devices", 1), ("model_parallel", 1), ("state_dtype", "float32")):
+            if d[key] == default:
                 del d[key]
         return d
 
@@ -193,13 +199,15 @@ def _input(model, source: str):
 def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[str, int] | None = None,
             loss: str = "cross-entropy", algorithm: str = "dr", iterations: int = 50, lam: float = 0.5,
             beta: float = 1.0, loss_lambda: float = 5.0, pjax_compat: bool = False, logits: str | None = None,
-            monitor: bool = True, devices: int = 1, model_parallel: int = 1) -> CompiledProgram:
+            monitor: bool = True, devices: int = 1, model_parallel: int = 1,
+            state_dtype: str = "float32") -> CompiledProgram:
     """Compile the ONNX model at ``model`` into a trainable projection program.
 
     ``devices > 1`` shards the state over that many devices (the batch split ``devices /
     model_parallel`` ways, the neurons of large layers ``model_parallel`` ways); the batch size
     must divide by the data-parallel part. In a multi-process run (``jax.distributed``)
-    ``devices`` counts the devices of every process.
+    ``devices`` counts the devices of every process. ``state_dtype="bfloat16"`` stores the
+    iterate in bfloat16 between iterations (the projections still compute in float32).
 
     Example::
 
@@ -208,7 +216,7 @@ def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[st
         program.export_onnx("trained.onnx")
     """
     config = TrainConfig(batch_size, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                         tuple(sorted((dims or {}).items())), devices, model_parallel).check()
+                         tuple(sorted((dims or {}).items())), devices, model_parallel, state_dtype).check()
     path = Path(model)
     source = _source(path)
     return build(source, config, path=str(path), monitor=monitor)
@@ -241,7 +249,8 @@ def build(source: Source, config: TrainConfig, *, path: str, monitor: bool = Tru
                   if name in prog.variables}
     step = make_step(sched, StepConfig(config.algorithm, config.iterations, config.lam, config.beta,
                                        config.loss_lambda, compat=config.pjax_compat, monitor=monitor,
-                                       devices=config.devices, model_parallel=config.model_parallel))
+                                       devices=config.devices, model_parallel=config.model_parallel,
+                                       state_dtype=config.state_dtype))
     return CompiledProgram(config=config, source=source, input_name=value.name, input_shape=tuple(value.shape),
                            classes=int(logits_slot.shape[-1]), params=params, step=step,
                            predict=make_predict(prog), schedule_json=schedule_dict(sched, path), schedule=sched,

@@ -39,6 +39,11 @@ class StepConfig:
     devices: int = 1  # > 1: the state sharded over a device mesh (backends/jax/sharding.py)
     model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
     factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off
+    state_dtype: str = "float32"  # storage of the iterate between iterations (float32 / bfloat16)
+
+
+# What the iterate may be stored as between iterations (the solves stay float32); None: as is.
+STATE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def io_names(prog: Program) -> tuple[str, str, Slot]:
@@ -83,7 +88,8 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         # pinning each block's output keeps the scan's carry in the planned layout
         project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
         final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,
-                                          lam=config.lam, beta=config.beta, monitor=config.monitor)
+                                          lam=config.lam, beta=config.beta, monitor=config.monitor,
+                                          storage=STATE_DTYPES[config.state_dtype])
         new = read_parameters(proj, final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
         stats = {"residuals": residuals, "finite": finite}

@@ -162,6 +162,7 @@ def _npz(path, n, features=64, classes=10):
     (("-d", "digits", "--resume"), "--resume needs --checkpoint"),
     (("-d", "digits", "--algorithm", "sgd"), "expected one of"),
     (("-d", "digits", "--lambda", "1.5"), "(0, 1]"),
+    (("-d", "digits", "--state-dtype", "float16"), "--state-dtype 'float16': expected one of float32, bfloat16"),
 ])
 def test_bad_training_input_exits_2(monkeypatch, capsys, tmp_path, args, message):
     fill = {"small": _npz(tmp_path / "small.npz", 40), "labels": _npz(tmp_path / "l.npz", 300, classes=12)}
