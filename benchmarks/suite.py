@@ -85,7 +85,7 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     compile_s = time.perf_counter() - start
     memory = compiled_step.memory_analysis()
 
-    proj = BlockProjector(sched).with_data({data_var: xb, label_var: lb})
+    proj = BlockProjector(sched, lazy=True).with_data({data_var: xb, label_var: lb})  # as make_step builds it
     state = jax.jit(lambda p: init_state(prog, forward_values(prog, {data_var: xb, **p})))(program.params)
     run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False,
                                            storage=storage)[0])

@@ -15,14 +15,20 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from projc.backends.jax.state import State
+from projc.backends.jax.state import Shifted, State, dense
 
 Project = Callable[[State, int], State]
 
 
 def _lin(a: float, x: State, b: float, y: State) -> State:
-    """``a x + b y`` leaf by leaf."""
-    return jax.tree.map(lambda u, v: a * u + b * v, x, y)
+    """``a x + b y`` entry by entry; a :class:`Shifted` entry of the same base stays folded."""
+    return {k: _lin_value(a, x[k], b, y[k]) for k in x}
+
+
+def _lin_value(a, u, b, v):
+    folded = u.combine(a, v, b) if isinstance(u, Shifted) else (
+        v.combine(b, u, a) if isinstance(v, Shifted) else None)
+    return folded if folded is not None else a * dense(u) + b * dense(v)
 
 
 def _reflect(project: Project, x: State, i: int) -> State:
@@ -47,10 +53,12 @@ def _dm(project, x, k, hp):
     pb = project(x, 1)
     if beta == 1.0:  # f_A = x: three projections instead of four
         f_b = _lin(2.0, pb, -1.0, x)
-        return jax.tree.map(lambda xi, pa, pbi: xi + pa - pbi, x, project(f_b, 0), pb)
+        pa = project(f_b, 0)
+        return {k: dense(x[k]) + dense(pa[k]) - dense(pb[k]) for k in x}
     f_a = _lin(1.0 - 1.0 / beta, project(x, 0), 1.0 / beta, x)
     f_b = _lin(1.0 + 1.0 / beta, pb, -1.0 / beta, x)
-    return jax.tree.map(lambda xi, pa, pbi: xi + beta * (pa - pbi), x, project(f_b, 0), project(f_a, 1))
+    pa, pbi = project(f_b, 0), project(f_a, 1)
+    return {k: dense(x[k]) + beta * (dense(pa[k]) - dense(pbi[k])) for k in x}
 
 
 def _cp(project, x, k, hp):
@@ -98,7 +106,7 @@ def get(name: str) -> Algorithm:
 
 def distance(x: State, y: State) -> jax.Array:
     """``|x - y|`` over the whole state."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(dense(x[k]) - dense(y[k]))) for k in x))
 
 
 def run(project: Project, blocks: int, state: State, algorithm: str, iterations: int, *,
@@ -123,7 +131,7 @@ def run(project: Project, blocks: int, state: State, algorithm: str, iterations:
 
     def body(stored, _):
         x = load(stored)
-        new = algo.iterate(project, x, blocks, hp)
+        new = {k: dense(v) for k, v in algo.iterate(project, x, blocks, hp).items()}
         return store(new), (distance(new, x) if monitor else None)
 
     final, residuals = jax.lax.scan(body, store(state), None, length=iterations)

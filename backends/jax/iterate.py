@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
-from projc.backends.jax.state import State, consensus, copy_slots, send, send_compact, slot_key
+from projc.backends.jax.projections.linear import linear_shift
+from projc.backends.jax.state import Shifted, State, consensus, copy_slots, dense, send, send_compact, slot_key
 from projc.constraints import Group, VarKind
 from projc.passes.schedule_blocks import Schedule
 
@@ -29,8 +30,13 @@ class BlockProjector:
     """Projections onto the constraints of each block of ``schedule``, given a minibatch."""
 
     def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array] | None = None, *,
-                 fanout: str = "exact", loss_lambda: float = 5.0, compat: bool = False, dtype=jnp.float32):
+                 fanout: str = "exact", loss_lambda: float = 5.0, compat: bool = False, dtype=jnp.float32,
+                 lazy: bool = False):
+        """``lazy``: a linear group with a data operand leaves its projected copies as
+        :class:`~projc.backends.jax.state.Shifted` values (the algorithms and the consensus
+        fold them; anything else writes them out)."""
         self.prog, self.colour = schedule.program, schedule.colour
+        self.lazy = lazy
         self.blocks = len(schedule.blocks)
         self.data = {k: jnp.asarray(v, dtype) for k, v in (data or {}).items()}
         self.dtype, self.loss_lambda, self.compat = dtype, loss_lambda, compat
@@ -66,7 +72,7 @@ class BlockProjector:
     def _operand(self, group: Group, i: int, state: State):
         slot = group.slots[i]
         if slot.copy:
-            return state[slot_key(group.name, slot)]
+            return dense(state[slot_key(group.name, slot)])
         if group.kind == "linear":  # constant coefficients: broadcastable, never materialised
             return send_compact(slot.imap, self.data[slot.var])
         return send(slot.imap, self.data[slot.var])
@@ -85,6 +91,12 @@ class BlockProjector:
             return
         y = consensus(self.prog, state, group.out, self.dtype)
         w = self.weights[group.out]
+        if self.lazy and group.kind == "linear" and "c" in ops:
+            shift, y2 = linear_shift(ops["x"], y, ops["c"], group.attrs.get("d", 0.0), w)
+            key = slot_key(group.name, next(s for s in group.slots if s.role == "x"))
+            new[key] = Shifted(ops["x"], 1.0, shift, ops["c"])
+            self._broadcast(group.out, y2, new)
+            return
         inputs, y2 = _KERNELS[group.kind](group, ops, y, w, self.compat)
         for slot, value in zip((s for s in group.slots if s.copy), inputs):
             new[slot_key(group.name, slot)] = value

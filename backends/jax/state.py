@@ -23,6 +23,39 @@ from projc.index_map import Broadcast, IndexMap
 State = dict[str, jax.Array]
 
 
+class Shifted:
+    """``scale * base + coef[..., None] * rows``, kept unevaluated: a copy array after a
+    projection that moved it along constant data rows (a ``linear`` group with a data operand).
+
+    Douglas-Rachford reflects the projected copies and then takes their consensus. Written out,
+    the reflection is a state-sized array that XLA materialises, because the consensus reads
+    it through a matrix product; kept in this form, the consensus is a product with ``base``
+    (the iterate, in memory anyway) plus a small ``coef^T rows`` product, and the reflection
+    is computed inside the final elementwise pass (method.md section 4). Anything else that
+    reads the value calls :func:`dense`.
+    """
+
+    def __init__(self, base: jax.Array, scale: float, coef: jax.Array, rows: jax.Array):
+        self.base, self.scale, self.coef, self.rows = base, scale, coef, rows
+
+    def dense(self) -> jax.Array:
+        base = self.base if self.scale == 1.0 else self.scale * self.base
+        return base + self.coef[..., None] * self.rows
+
+    def combine(self, a: float, other, b: float):
+        """``a * self + b * other`` for ``other`` the same base or a Shifted of it; else None."""
+        if other is self.base:
+            return Shifted(self.base, a * self.scale + b, a * self.coef, self.rows)
+        if isinstance(other, Shifted) and other.base is self.base and other.rows is self.rows:
+            return Shifted(self.base, a * self.scale + b * other.scale, a * self.coef + b * other.coef, self.rows)
+        return None
+
+
+def dense(value) -> jax.Array:
+    """The array a state value stands for (a :class:`Shifted` written out)."""
+    return value.dense() if isinstance(value, Shifted) else value
+
+
 def slot_key(group: str, slot: Slot) -> str:
     """The state entry of one copy slot."""
     return f"{group}.{slot.role}"
@@ -45,7 +78,12 @@ def send_compact(imap: IndexMap, value: jax.Array) -> jax.Array:
 
 def gather(imap: IndexMap, copies: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``G^T(copies)``: each entry of the value receives the sum of its copies."""
-    if all(isinstance(step, Broadcast) for step in imap.steps):
+    broadcasts = all(isinstance(step, Broadcast) for step in imap.steps)
+    if isinstance(copies, Shifted):
+        if not broadcasts:
+            return gather(imap, copies.dense(), dtype)
+        return copies.scale * gather(imap, copies.base, dtype) + _gather_rank_one(imap, copies, dtype)
+    if broadcasts:
         total = copies.astype(dtype)
         for step in reversed(imap.steps):
             total = _sum_axis(total, step.axis)
@@ -53,6 +91,24 @@ def gather(imap: IndexMap, copies: jax.Array, dtype=jnp.float32) -> jax.Array:
     transpose = jax.linear_transpose(partial(send, imap), jax.ShapeDtypeStruct(imap.src_shape, dtype))
     (total,) = transpose(copies.astype(dtype))
     return total
+
+
+def _gather_rank_one(imap: IndexMap, value: Shifted, dtype) -> jax.Array:
+    """``G^T(coef[..., None] * rows)`` for a broadcast-only ``imap``, as one einsum: the sum
+    over the broadcast axes of a product whose ``rows`` may have size-1 axes."""
+    labels = list(range(len(imap.src_shape)))
+    for step in imap.steps:  # where each broadcast axis sits in the copies' shape
+        labels.insert(step.axis, None)
+    summed = {i for i, label in enumerate(labels) if label is None}
+    ndim = len(labels)
+    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
+    shape = value.coef.shape + (value.rows.shape[-1],)
+    rows = value.rows.astype(dtype)
+    squeeze = tuple(i for i in range(ndim) if rows.shape[i] == 1 and shape[i] != 1)
+    row_letters = "".join(letters[i] for i in range(ndim) if i not in squeeze)
+    out = "".join(letters[i] for i in range(ndim) if i not in summed)
+    return jnp.einsum(f"{letters[:-1]},{row_letters}->{out}", value.coef.astype(dtype),
+                      jnp.squeeze(rows, squeeze))
 
 
 def _sum_axis(x: jax.Array, axis: int) -> jax.Array:

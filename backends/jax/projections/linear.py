@@ -22,14 +22,23 @@ def project_linear(x, y, c, d=0.0, w=1.0):
         `(x2, y2)` with the shapes and dtype of `x` and `y`.
     """
     x = jnp.asarray(x)
+    c = jnp.asarray(c, x.dtype)
+    shift, y2 = linear_shift(x, y, c, d, w)
+    return x + shift[..., None] * c, y2
+
+
+def linear_shift(x, y, c, d=0.0, w=1.0):
+    """`project_linear` without writing `x2`: `(shift, y2)` with `x2 = x + shift[..., None] * c`
+    (so a caller can keep `x2` as that sum and fold it into what reads it)."""
+    x = jnp.asarray(x)
     dt = x.dtype
     y, c, d, w = (jnp.asarray(v, dt) for v in (y, c, d, w))
     cc = jnp.sum(c * c, axis=-1)
     r = y - contract(c, x) - d
     k = r / (1 + w * cc)  # the output moves by -k, the input by w k c
-    x2 = x + (w * k)[..., None] * c
     y2 = y - k
-    return x2, jnp.broadcast_to(y2, jnp.broadcast_shapes(y2.shape, x.shape[:-1]))
+    shape = jnp.broadcast_shapes(y2.shape, x.shape[:-1])
+    return jnp.broadcast_to(w * k, shape), jnp.broadcast_to(y2, shape)
 
 
 def contract(c, x):
