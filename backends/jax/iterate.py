@@ -91,10 +91,10 @@ class BlockProjector:
             return
         y = consensus(self.prog, state, group.out, self.dtype)
         w = self.weights[group.out]
-        if self.lazy and group.kind == "linear" and "c" in ops:
+        x_slot = next((s for s in group.slots if s.role == "x"), None)
+        if self.lazy and group.kind == "linear" and "c" in ops and x_slot is not None and x_slot.copy:
             shift, y2 = linear_shift(ops["x"], y, ops["c"], group.attrs.get("d", 0.0), w)
-            key = slot_key(group.name, next(s for s in group.slots if s.role == "x"))
-            new[key] = Shifted(ops["x"], 1.0, shift, ops["c"])
+            new[slot_key(group.name, x_slot)] = Shifted(ops["x"], 1.0, shift, ops["c"])
             self._broadcast(group.out, y2, new)
             return
         inputs, y2 = _KERNELS[group.kind](group, ops, y, w, self.compat)
