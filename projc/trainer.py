@@ -37,7 +37,7 @@ class TrainResult:
     best_epoch: int | None
     first_minibatch_seconds: float | None  # includes compiling the step
     minibatch_seconds: float | None  # median of the others
-    residuals: list[float]  # per iteration, of the last minibatch
+    residuals: list[float]  # of the last minibatch: per iteration with monitor="iterations", else the last
 
     @property
     def test_accuracy(self) -> float | None:

@@ -110,11 +110,13 @@ def distance(x: State, y: State) -> jax.Array:
 
 
 def run(project: Project, blocks: int, state: State, algorithm: str, iterations: int, *,
-        lam: float = 0.5, beta: float = 1.0, monitor: bool = True, storage=None) -> tuple[State, jax.Array]:
+        lam: float = 0.5, beta: float = 1.0, monitor: bool | str = True, storage=None) -> tuple[State, jax.Array]:
     """``iterations`` iterations of ``algorithm`` from ``state`` in one ``lax.scan``.
 
-    Returns the final state and the fixed-point residual of every iteration (an empty array
-    when ``monitor`` is off, which saves one pass over the state per iteration). With
+    Returns the final state and the fixed-point residual ``|x_{k+1} - x_k|``: of every
+    iteration (``monitor=True``), of the last one only (``monitor="last"``, shape ``(1,)``), or
+    none (``False``, an empty array). Each residual is one more pass over the state, which
+    costs as much as a third of a Douglas-Rachford iteration. With
     ``storage`` (e.g. ``jnp.bfloat16``) the iterate is kept in that dtype between iterations
     and every projection computes in the state's own dtype: XLA fuses the conversions into
     the kernels, so each pass over the state moves fewer bytes.
@@ -129,13 +131,24 @@ def run(project: Project, blocks: int, state: State, algorithm: str, iterations:
     load = (lambda x: x) if storage is None else (  # noqa: E731
         lambda x: {k: v.astype(dtypes[k]) for k, v in x.items()})
 
-    def body(stored, _):
+    if monitor not in (True, False, "last"):
+        raise ValueError(f"monitor {monitor!r}: expected True, False or 'last'")
+
+    def residual(new, x, i):
+        if monitor == "last":  # the reduction runs in the last iteration only
+            zero = jnp.zeros((), jnp.result_type(*new.values()))
+            return jax.lax.cond(i == iterations - 1, lambda: distance(new, x), lambda: zero)
+        return distance(new, x) if monitor else None
+
+    def body(stored, i):
         x = load(stored)
         new = {k: dense(v) for k, v in algo.iterate(project, x, blocks, hp).items()}
-        return store(new), (distance(new, x) if monitor else None)
+        return store(new), residual(new, x, i)
 
-    final, residuals = jax.lax.scan(body, store(state), None, length=iterations)
-    return load(final), (residuals if monitor else jnp.zeros((0,), jnp.float32))
+    final, residuals = jax.lax.scan(body, store(state), jnp.arange(iterations))
+    if not monitor:
+        residuals = jnp.zeros((0,), jnp.float32)
+    return load(final), (residuals[-1:] if monitor == "last" else residuals)
 
 
 def violation(project: Project, blocks: int, state: State) -> jax.Array:

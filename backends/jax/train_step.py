@@ -35,7 +35,7 @@ class StepConfig:
     loss_lambda: float = 5.0  # weight of the loss in its proximal operator
     fanout: str = "exact"
     compat: bool = False  # the reference framework's operators
-    monitor: bool = True  # per-iteration residuals (one more pass over the state)
+    monitor: bool | str = True  # residuals of every iteration, "last" only, or none (algorithms.run)
     devices: int = 1  # > 1: the state sharded over a device mesh (backends/jax/sharding.py)
     model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
     factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off

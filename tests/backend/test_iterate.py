@@ -156,3 +156,20 @@ def test_gather_of_a_shifted_value_on_any_broadcast_axis():
         value = Shifted(base, -0.5, coef, jnp.asarray(rng.normal(size=rows_shape)))
         np.testing.assert_allclose(gather(imap, value, jnp.float64), gather(imap, value.dense(), jnp.float64),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_monitoring_only_the_last_residual():
+    """`monitor="last"` (what `projc.compile` builds by default) computes the residual in the
+    last iteration only: the same value and final state as per-iteration monitoring."""
+    prog, sched, x, _, onehot, params = _setup()
+    state = init_state(prog, evaluate_program(prog, {"x": x, **params}))
+    proj = BlockProjector(sched, {"x": x, "labels": onehot}, lazy=True)
+    runs = {m: jax.jit(lambda s, m=m: algorithms.run(proj.project, proj.blocks, s, "dr", 6, monitor=m))(state)
+            for m in (True, "last", False)}
+    every, last, none = runs[True], runs["last"], runs[False]
+    assert every[1].shape == (6,) and last[1].shape == (1,) and none[1].shape == (0,)
+    np.testing.assert_allclose(last[1][0], every[1][-1], rtol=1e-6)
+    for k in every[0]:
+        np.testing.assert_array_equal(last[0][k], every[0][k])
+    with pytest.raises(ValueError, match="monitor"):
+        algorithms.run(proj.project, proj.blocks, state, "dr", 2, monitor="sometimes")
