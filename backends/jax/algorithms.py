@@ -116,10 +116,11 @@ def run(project: Project, blocks: int, state: State, algorithm: str, iterations:
     Returns the final state and the fixed-point residual ``|x_{k+1} - x_k|``: of every
     iteration (``monitor=True``), of the last one only (``monitor="last"``, shape ``(1,)``), or
     none (``False``, an empty array). Each residual is one more pass over the state, which
-    costs as much as a third of a Douglas-Rachford iteration. With
-    ``storage`` (e.g. ``jnp.bfloat16``) the iterate is kept in that dtype between iterations
-    and every projection computes in the state's own dtype: XLA fuses the conversions into
-    the kernels, so each pass over the state moves fewer bytes.
+    costs as much as a third of a Douglas-Rachford iteration.
+
+    With ``storage`` (e.g. ``jnp.bfloat16``) the iterate is kept in that dtype between
+    iterations and every projection computes in the state's own dtype: XLA fuses the
+    conversions into the kernels, so each pass over the state moves fewer bytes.
     """
     algo = get(algorithm)
     if algo.two_sets and blocks != 2:
