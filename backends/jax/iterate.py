@@ -91,16 +91,23 @@ class BlockProjector:
             return
         y = consensus(self.prog, state, group.out, self.dtype)
         w = self.weights[group.out]
-        x_slot = next((s for s in group.slots if s.role == "x"), None)
-        if self.lazy and group.kind == "linear" and "c" in ops and x_slot is not None and x_slot.copy:
+        folded = self._folded_slot(group, ops)
+        if folded is not None:
             shift, y2 = linear_shift(ops["x"], y, ops["c"], group.attrs.get("d", 0.0), w)
-            new[slot_key(group.name, x_slot)] = Shifted(ops["x"], 1.0, shift, ops["c"])
-            self._broadcast(group.out, y2, new)
-            return
-        inputs, y2 = _KERNELS[group.kind](group, ops, y, w, self.compat)
-        for slot, value in zip((s for s in group.slots if s.copy), inputs):
-            new[slot_key(group.name, slot)] = value
+            new[slot_key(group.name, folded)] = Shifted(ops["x"], 1.0, shift, ops["c"])
+        else:
+            inputs, y2 = _KERNELS[group.kind](group, ops, y, w, self.compat)
+            for slot, value in zip((s for s in group.slots if s.copy), inputs):
+                new[slot_key(group.name, slot)] = value
         self._broadcast(group.out, y2, new)
+
+    def _folded_slot(self, group: Group, ops):
+        """The copy slot whose projection stays a :class:`Shifted` value, if any: under ``lazy``,
+        the ``x`` copies of a linear group whose coefficients are data."""
+        if not (self.lazy and group.kind == "linear" and "c" in ops):
+            return None
+        x_slot = next(s for s in group.slots if s.role == "x")
+        return x_slot if x_slot.copy else None
 
 
 def _dot(group, ops, y, w, compat):
