@@ -255,8 +255,8 @@ def test_nll_loss_with_class_weights_matches_onnxruntime():
 
 
 def test_softmax_after_global_average_pool_of_huge_values_is_finite():
-    """XLA fuses the mean into both the max and the subtraction of a softmax; without a clamp
-    one ulp above the max overflows exp at |x| ~ 1e9 (light_squeezenet gave NaN)."""
+    """XLA fuses the mean into both the max and the subtraction of a softmax; without the
+    rounding guard one ulp above the max overflows exp at |x| ~ 1e9 (light_squeezenet gave NaN)."""
     from onnx import TensorProto, helper
 
     from projc.backends.jax.onnx_backend import ProjcBackend
@@ -269,3 +269,21 @@ def test_softmax_after_global_average_pool_of_huge_values_is_finite():
     x = np.random.default_rng(0).uniform(1e9, 1e10, size=(1, 64, 5, 5)).astype(np.float32)
     (y,) = ProjcBackend.prepare(model).run([x])
     assert np.isfinite(y).all() and abs(float(y.sum()) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("direction", [np.inf, -np.inf])
+def test_shift_by_a_max_evaluated_with_other_rounding(direction):
+    """The max of a recomputed producer can sit an ulp above or below every element (one
+    compile of light_resnet50 gave a 0/0 softmax at |x| ~ 1e19): the shift snaps such
+    differences to 0, and leaves differences of ordinary logits as they are."""
+    import jax.numpy as jnp
+
+    from projc.backends.jax.ops.reduce import shifted_by_max
+
+    x = np.full((1, 5), 9.7e18, np.float32)
+    top = np.nextafter(x[:, :1], np.float32(direction))
+    d = np.asarray(shifted_by_max(jnp.asarray(x), 1, jnp.asarray(top)))
+    assert abs(float(x[0, 0] - top[0, 0])) > 1e11  # without the guard exp(d) is 0 or inf
+    np.testing.assert_array_equal(d, 0)
+    z = _RNG.standard_normal((3, 7)).astype(np.float32) * 5
+    np.testing.assert_array_equal(np.asarray(shifted_by_max(jnp.asarray(z), 1)), z - z.max(1, keepdims=True))

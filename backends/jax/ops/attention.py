@@ -10,6 +10,7 @@ from jax import lax
 from onnx_ir import DataType
 
 from projc.backends.jax.ops._registry import register
+from projc.backends.jax.ops.reduce import shifted_by_max
 
 # qk_matmul_output_mode values (ONNX Attention).
 _QK_WITH_BIAS = 2
@@ -102,7 +103,7 @@ def _softmax_guarded(logits, bias):
     row_masked = jnp.isneginf(jnp.max(bias, axis=-1, keepdims=True))
     top = jnp.max(logits, axis=-1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), top.dtype))
-    e = jnp.exp(logits - top)
+    e = jnp.exp(shifted_by_max(logits, -1, top))
     s = jnp.sum(e, axis=-1, keepdims=True)
     p = e / jnp.where(s == 0, jnp.ones((), s.dtype), s)
     return jnp.where(row_masked, jnp.zeros((), p.dtype), p)

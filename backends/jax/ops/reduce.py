@@ -29,7 +29,7 @@ def _highest(dtype):
 def _logsumexp(x, axis, keepdims):
     m = jnp.max(x, axis=axis, keepdims=True, initial=-np.inf)
     m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
-    s = jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)
+    s = jnp.sum(jnp.exp(shifted_by_max(x, axis, m)), axis=axis, keepdims=True)
     y = jnp.log(s) + m
     return y if keepdims else jnp.squeeze(y, axis)
 
@@ -109,20 +109,31 @@ def _hardmax(x, axis):
     return jax.nn.one_hot(idx, x.shape[axis], axis=axis, dtype=x.dtype)
 
 
-def _shifted(x, axis):
-    """``x - max(x)``, clamped at 0: XLA may fuse the producer of ``x`` into both the max and
-    the subtraction and evaluate them with different rounding, and one ulp above the max at
-    |x| ~ 1e9 is exp(512) = inf (a NaN softmax after a global average pool, seen on CPU)."""
-    return jnp.minimum(x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True)), 0)
+def shifted_by_max(x, axis, top=None):
+    """``x - top`` (``top``: the max of ``x`` along ``axis`` by default), every difference
+    within rounding of ``top`` (4 ulp) set to 0.
+
+    XLA may evaluate the producer of ``x`` once for the max and again for the subtraction with
+    different rounding (an FMA contracted in one fusion and not the other). At |x| ~ 1e19 one
+    ulp is ~1e12: every difference can land far below 0 (exp = 0 everywhere, a 0/0 softmax) or
+    above it (exp = inf). Both were seen on CPU, in some compiles of a network and not others;
+    a barrier does not help, XLA's CPU pipeline expands it before fusion."""
+    if top is None:
+        top = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    d = x - top
+    if not jnp.issubdtype(d.dtype, jnp.floating):
+        return d
+    tol = 4 * jnp.finfo(d.dtype).eps * jnp.abs(top)
+    return jnp.where(d > -tol, jnp.zeros((), d.dtype), d)
 
 
 def _softmax(x, axis):
-    e = jnp.exp(_shifted(x, axis))
+    e = jnp.exp(shifted_by_max(x, axis))
     return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
 def _log_softmax(x, axis):
-    z = _shifted(x, axis)
+    z = shifted_by_max(x, axis)
     return z - jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True))
 
 
