@@ -114,7 +114,7 @@ def shifted_by_max(x, axis, top=None):
     within rounding of ``top`` (4 ulp) set to 0.
 
     XLA may evaluate the producer of ``x`` once for the max and again for the subtraction with
-    different rounding (an FMA contracted in one fusion and not the other). At |x| ~ 1e19 one
+    different rounding (likely an FMA contracted in one fusion and not the other). At |x| ~ 1e19 one
     ulp is ~1e12: every difference can land far below 0 (exp = 0 everywhere, a 0/0 softmax) or
     above it (exp = inf). Both were seen on CPU, in some compiles of a network and not others;
     a barrier does not help, XLA's CPU pipeline expands it before fusion."""
