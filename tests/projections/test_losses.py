@@ -147,7 +147,7 @@ def test_cross_entropy_line_search_picks_the_first_armijo_step():
     d, grad = (np.asarray(a) for a in losses._newton_direction(x, v, y, sy, lam, p))
     d = d * rng.choice([1.0, 1.0, 40.0], size=(rows, 1))  # some too long: halvings needed
     gd, dd = (grad * d).sum(-1, keepdims=True), (d * d).sum(-1, keepdims=True)
-    step = np.asarray(losses._line_search(p, logp, d, gd, dd, sy, lam))[:, 0]
+    step = np.asarray(losses._line_search(p, logp, d, gd, dd, sy, lam, np.ones_like(gd, bool)))[:, 0]
     alphas = 0.5 ** np.arange(losses._HALVINGS)
     change = np.concatenate([np.asarray(losses._objective_change(jnp.float64(al), p, logp, d, gd,
                                                                  dd, sy, lam)) for al in alphas], -1)
