@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from projc.allocator import retain_freed_memory
+
+# before JAX starts XLA's threads: each picks its allocator arena on its first allocation
+retain_freed_memory()
+
 __version__ = "0.1.0"
 
 __all__ = ["CompiledProgram", "Forward", "ProjcError", "TrainResult", "__version__", "compile", "evaluate",

@@ -68,12 +68,14 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
     algo = algorithms.get(config.algorithm)
     prog = schedule.program
     data, label, _ = io_names(prog)
+    mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
+    # folded linear updates (state.Shifted) on one device; the sharded step pins every array's
+    # layout, so it keeps them written out
     projector = BlockProjector(schedule, fanout=config.fanout, loss_lambda=config.loss_lambda,
-                               compat=config.compat)
+                               compat=config.compat, lazy=not mesh.sharded)
     if algo.two_sets and projector.blocks != 2:
         raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 
-    mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
     plan = factored.choose(schedule, config.algorithm, config.factored, config.devices)
     if plan is not None:  # same iterates as below, without materialising the dense layers' copies
         return jax.jit(factored.step_function(schedule, plan, projector, config, (data, label)))
