@@ -199,7 +199,7 @@ def _input(model, source: str):
 def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[str, int] | None = None,
             loss: str = "cross-entropy", algorithm: str = "dr", iterations: int = 50, lam: float = 0.5,
             beta: float = 1.0, loss_lambda: float = 5.0, pjax_compat: bool = False, logits: str | None = None,
-            monitor: bool | str = "last", devices: int = 1, model_parallel: int = 1,
+            monitor: bool | str = "violation", devices: int = 1, model_parallel: int = 1,
             state_dtype: str = "float32") -> CompiledProgram:
     """Compile the ONNX model at ``model`` into a trainable projection program.
 
@@ -208,9 +208,13 @@ def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[st
     must divide by the data-parallel part. In a multi-process run (``jax.distributed``)
     ``devices`` counts the devices of every process. ``state_dtype="bfloat16"`` stores the
     iterate in bfloat16 between iterations (the projections still compute in float32).
-    ``monitor``: each minibatch's fixed-point residual of every iteration (``"iterations"``),
-    of the last one (``"last"``, the default: each residual is one more pass over the state,
-    16% of a 20-iteration MNIST step), or none and no violation either (``False``).
+    ``monitor``: what each minibatch reports besides the constraint violation of its final
+    state: nothing more (``"violation"``, the default), the fixed-point residual of the last
+    iteration (``"last"``) or of every one (``"iterations"``). A residual inside the iteration
+    loop keeps the previous iterate alive while the next is written, a copy of the state per
+    iteration: "last" makes a 20-iteration MNIST 784-128 step about 1.7x slower (782-909 against
+    478-517 ms, two runs each).
+    ``False``: no violation either.
 
     Example::
 
@@ -225,10 +229,10 @@ def compile(model: str | os.PathLike, *, batch_size: int = 256, dims: Mapping[st
     return build(source, config, path=str(path), monitor=monitor)
 
 
-_MONITOR = {"iterations": True, True: True, "last": "last", False: False}  # -> algorithms.run's monitor
+_MONITOR = {"iterations": True, True: True, "last": "last", "violation": "violation", False: False}  # -> StepConfig
 
 
-def build(source: Source, config: TrainConfig, *, path: str, monitor: bool | str = "last",
+def build(source: Source, config: TrainConfig, *, path: str, monitor: bool | str = "violation",
           params: Mapping[str, np.ndarray] | None = None) -> CompiledProgram:
     """Lower, schedule and jit ``source`` under ``config`` (``path`` is the ONNX file to read)."""
     from projc.backends.jax.algorithms import get
@@ -265,7 +269,7 @@ def build(source: Source, config: TrainConfig, *, path: str, monitor: bool | str
 
 def _monitor(monitor):
     if monitor not in _MONITOR:
-        raise ProjcError(f"monitor {monitor!r}: expected 'iterations', 'last' or False")
+        raise ProjcError(f"monitor {monitor!r}: expected 'violation', 'last', 'iterations' or False")
     return _MONITOR[monitor]
 
 

@@ -37,7 +37,7 @@ class TrainResult:
     best_epoch: int | None
     first_minibatch_seconds: float | None  # includes compiling the step
     minibatch_seconds: float | None  # median of the others
-    residuals: list[float]  # of the last minibatch: per iteration with monitor="iterations", else the last
+    residuals: list[float]  # of the last minibatch: per iteration (monitor="iterations"), the last one, or none
 
     @property
     def test_accuracy(self) -> float | None:
@@ -182,7 +182,7 @@ def train(program, data: Dataset, *, epochs: int = 5, seed: int = 0, validation:
                     finals.append(float(res[-1]))
                 if "violation" in stats:
                     violations.append(float(stats["violation"]))
-                bar.minibatch(i + 1, finals[-1] if finals else None)
+                bar.minibatch(i + 1, finals[-1] if finals else None, violations[-1] if violations else None)
             host = {k: np.asarray(v) for k, v in params.items()}
             program.params = host
             record = {"epoch": epoch + 1, "minibatches": done,
@@ -234,10 +234,10 @@ class _Bar:
 
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("residual {task.fields[residual]}"), TextColumn("{task.fields[scores]}"),
+            TextColumn("{task.fields[monitor]}"), TextColumn("{task.fields[scores]}"),
             TimeElapsedColumn(), console=Console(stderr=True), transient=False)
         self.task = self.progress.add_task("train", total=epochs * per_epoch, epoch=f"1/{epochs}",
-                                           residual="-", scores="")
+                                           monitor="", scores="")
         self.epochs, self.per_epoch = epochs, per_epoch
         self.progress.start()
 
@@ -245,9 +245,11 @@ class _Bar:
         if self.progress:
             self.progress.update(self.task, epoch=f"{epoch + 1}/{self.epochs}", completed=epoch * self.per_epoch)
 
-    def minibatch(self, i: int, residual: float | None) -> None:
+    def minibatch(self, i: int, residual: float | None, violation: float | None) -> None:
         if self.progress:
-            self.progress.update(self.task, advance=1, residual=f"{residual:.3g}" if residual is not None else "-")
+            shown = [f"{name} {value:.3g}" for name, value in (("residual", residual), ("violation", violation))
+                     if value is not None]
+            self.progress.update(self.task, advance=1, monitor="  ".join(shown))
 
     def end_epoch(self, record: dict) -> None:
         if self.progress:
@@ -270,7 +272,7 @@ def _require_matplotlib() -> None:
 
 
 def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Learning curves (accuracy per split, residual) as a PNG, written atomically."""
+    """Learning curves (accuracy per split; residual or violation) as a PNG, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,9 +287,14 @@ def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") 
     acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     acc.legend()
     acc.grid(alpha=0.3)
-    res.plot(epochs, [r["residual"] for r in history], marker="o")
-    res.set(xlabel="epoch", ylabel="|x_k+1 - x_k| (median, last iteration)", title="fixed-point residual")
-    res.set_yscale("log")
+    # the residual where the step monitored it, else the violation every step reports
+    key = "residual" if any(r.get("residual") is not None for r in history) else "violation"
+    values = [r.get(key) for r in history]
+    res.plot(epochs, [np.nan if v is None else v for v in values], marker="o")
+    label = {"residual": "|x_k+1 - x_k| (median, last iteration)", "violation": "violation (median)"}[key]
+    res.set(xlabel="epoch", ylabel=label, title="fixed-point residual" if key == "residual" else "constraint violation")
+    if any(v is not None and v > 0 for v in values):
+        res.set_yscale("log")
     res.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -35,7 +35,9 @@ class StepConfig:
     loss_lambda: float = 5.0  # weight of the loss in its proximal operator
     fanout: str = "exact"
     compat: bool = False  # the reference framework's operators
-    monitor: bool | str = True  # residuals of every iteration, "last" only, or none (algorithms.run)
+    # residuals of every iteration (True), of the last one ("last"), or none (False): see
+    # algorithms.run; "violation": no residuals, only the final state's violation
+    monitor: bool | str = True
     devices: int = 1  # > 1: the state sharded over a device mesh (backends/jax/sharding.py)
     model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
     factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off
@@ -57,8 +59,9 @@ def io_names(prog: Program) -> tuple[str, str, Slot]:
 def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides) -> Callable:
     """``step(params, x, labels) -> (params, stats)``, jitted.
 
-    ``stats`` holds ``residuals`` (one per iteration, empty without ``monitor``),
-    ``violation`` (of the final state) and ``finite`` (every new parameter finite).
+    ``stats`` holds ``residuals`` (per ``monitor``: one per iteration, the last one, or empty),
+    ``violation`` (of the final state; absent when ``monitor`` is False) and ``finite`` (every
+    new parameter finite).
 
     With ``devices > 1`` the step is a :class:`~projc.backends.jax.sharding.ShardedStep`: the
     minibatch split over the mesh's batch axis, the state laid out by
@@ -84,13 +87,15 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         jax_mesh = sharding.make_mesh(mesh)
         constrain = sharding.constrainer(sharding.plan(prog, mesh), jax_mesh)
 
+    residual_monitor = False if config.monitor == "violation" else config.monitor
+
     def step(params, x, labels):
         state = constrain(init_state(prog, forward_values(prog, {data: x, **params})))
         proj = projector.with_data({data: x, label: labels})
         # pinning each block's output keeps the scan's carry in the planned layout
         project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
         final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,
-                                          lam=config.lam, beta=config.beta, monitor=config.monitor,
+                                          lam=config.lam, beta=config.beta, monitor=residual_monitor,
                                           storage=STATE_DTYPES[config.state_dtype])
         new = read_parameters(proj, final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))

@@ -159,7 +159,7 @@ def test_gather_of_a_shifted_value_on_any_broadcast_axis():
 
 
 def test_monitoring_only_the_last_residual():
-    """`monitor="last"` (what `projc.compile` builds by default) computes the residual in the
+    """`monitor="last"` computes the residual in the
     last iteration only: the same value and final state as per-iteration monitoring."""
     prog, sched, x, _, onehot, params = _setup()
     state = init_state(prog, evaluate_program(prog, {"x": x, **params}))

@@ -110,3 +110,21 @@ def test_bfloat16_storage_follows_the_float32_step():
         gap = np.linalg.norm(np.asarray(stored[name]) - np.asarray(exact[name]))
         assert moved > 1e-2 * np.linalg.norm(p), name  # the step does move the parameters
         assert gap < 0.25 * moved, (name, gap, moved)  # measured: 0.6-17% of the move
+
+
+def test_monitoring_the_violation_only_moves_the_parameters_alike():
+    """``monitor="violation"`` (projc.compile's default) skips the residuals, not the violation."""
+    model = load_model(MODELS / "mlp_digits.onnx", batch_size=32)
+    prog = lower(model)
+    bipartize(prog)
+    sched = schedule(prog)
+    data = load_dataset("digits")
+    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+    x, y = data.x_train[:32], np.eye(10, dtype=np.float32)[data.y_train[:32]]
+    full, full_stats = make_step(sched, iterations=5, monitor=True)(params, x, y)
+    mine, stats = make_step(sched, iterations=5, monitor="violation")(params, x, y)
+    assert stats["residuals"].shape == (0,) and full_stats["residuals"].shape == (5,)
+    np.testing.assert_allclose(float(stats["violation"]), float(full_stats["violation"]), rtol=1e-5)
+    assert float(stats["violation"]) > 0
+    for name in full:
+        np.testing.assert_allclose(np.asarray(mine[name]), np.asarray(full[name]), rtol=1e-5, atol=1e-6)
