@@ -517,7 +517,9 @@ def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector,
     def step(params, x, labels):
         f = fap.with_data({data: x, label: labels})
         state = f.init(forward_values(prog, {data: x, **params}))
-        final, residuals = run(f, state, config.iterations, monitor=config.monitor)
+        final, residuals = run(f, state, config.iterations, monitor=config.monitor not in (False, "violation"))
+        if config.monitor == "last":  # as algorithms.run reports it (here every residual is cheap)
+            residuals = residuals[-1:]
         new = f.parameters(final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
         stats = {"residuals": residuals, "finite": finite}

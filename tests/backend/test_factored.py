@@ -221,3 +221,19 @@ def test_factored_ap_trains_the_digits_mlp():
             assert bool(stats["finite"]) and stats["residuals"].shape == (0,) and "violation" not in stats
     after = accuracy(params)
     assert before < 0.3 and after > 0.85, (before, after)
+
+
+def test_factored_step_reports_what_the_monitor_asks_for():
+    """The factored step returns the residuals the materialised one would for each monitor."""
+    model = load_model(MODELS / "mlp_digits.onnx", batch_size=16)
+    prog = lower(model)
+    bipartize(prog)
+    sched = schedule(prog)
+    data = load_dataset("digits")
+    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+    x, y = data.x_train[:16], np.eye(10, dtype=np.float32)[data.y_train[:16]]
+    shapes = {}
+    for monitor in (True, "last", "violation", False):
+        _, stats = make_step(sched, algorithm="ap", iterations=3, factored="on", monitor=monitor)(params, x, y)
+        shapes[monitor] = (stats["residuals"].shape, "violation" in stats)
+    assert shapes == {True: ((3,), True), "last": ((1,), True), "violation": ((0,), True), False: ((0,), False)}
