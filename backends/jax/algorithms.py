@@ -115,8 +115,9 @@ def run(project: Project, blocks: int, state: State, algorithm: str, iterations:
 
     Returns the final state and the fixed-point residual ``|x_{k+1} - x_k|``: of every
     iteration (``monitor=True``), of the last one only (``monitor="last"``, shape ``(1,)``), or
-    none (``False``, an empty array). Each residual is one more pass over the state, which
-    costs as much as a third of a Douglas-Rachford iteration.
+    none (``False``, an empty array). A residual keeps the previous iterate alive while the next
+    is written: a copy of the state and one more pass over it (a 20-iteration MNIST 784-128
+    step with ``"last"`` takes about 1.7x as long as with none).
 
     With ``storage`` (e.g. ``jnp.bfloat16``) the iterate is kept in that dtype between
     iterations and every projection computes in the state's own dtype: XLA fuses the

@@ -496,16 +496,19 @@ class FactoredAP:
         return jnp.sqrt(sq)
 
 
-def run(fap: FactoredAP, state: dict, iterations: int, *, monitor: bool = True) -> tuple[dict, jax.Array]:
-    """``iterations`` factored AP iterations in one ``lax.scan``, with the per-iteration
-    residuals of the materialised state (empty without ``monitor``), as ``algorithms.run``."""
+def run(fap: FactoredAP, state: dict, iterations: int, *, monitor: bool | str = True) -> tuple[dict, jax.Array]:
+    """``iterations`` factored AP iterations in one ``lax.scan``, with the residuals of the
+    materialised state as ``algorithms.run`` gives them for ``monitor`` (every iteration's,
+    ``"last"``, or none). The factored residuals are cheap, so "last" keeps the last of all."""
 
     def body(x, _):
         new = fap.iterate(x)
         return new, (fap.residual(new, x) if monitor else None)
 
     final, residuals = lax.scan(body, state, None, length=iterations)
-    return final, (residuals if monitor else jnp.zeros((0,), jnp.float32))
+    if not monitor:
+        return final, jnp.zeros((0,), jnp.float32)
+    return final, (residuals[-1:] if monitor == "last" else residuals)
 
 
 def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector, config, names) -> Callable:
@@ -517,9 +520,7 @@ def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector,
     def step(params, x, labels):
         f = fap.with_data({data: x, label: labels})
         state = f.init(forward_values(prog, {data: x, **params}))
-        final, residuals = run(f, state, config.iterations, monitor=config.monitor not in (False, "violation"))
-        if config.monitor == "last":  # as algorithms.run reports it (here every residual is cheap)
-            residuals = residuals[-1:]
+        final, residuals = run(f, state, config.iterations, monitor=config.residuals)
         new = f.parameters(final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
         stats = {"residuals": residuals, "finite": finite}

@@ -43,6 +43,11 @@ class StepConfig:
     factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off
     state_dtype: str = "float32"  # storage of the iterate between iterations (float32 / bfloat16)
 
+    @property
+    def residuals(self) -> bool | str:
+        """The residuals the iteration loop computes: ``monitor`` as ``algorithms.run`` takes it."""
+        return False if self.monitor == "violation" else self.monitor
+
 
 # What the iterate may be stored as between iterations (the solves stay float32); None: as is.
 STATE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -87,15 +92,13 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         jax_mesh = sharding.make_mesh(mesh)
         constrain = sharding.constrainer(sharding.plan(prog, mesh), jax_mesh)
 
-    residual_monitor = False if config.monitor == "violation" else config.monitor
-
     def step(params, x, labels):
         state = constrain(init_state(prog, forward_values(prog, {data: x, **params})))
         proj = projector.with_data({data: x, label: labels})
         # pinning each block's output keeps the scan's carry in the planned layout
         project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
         final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,
-                                          lam=config.lam, beta=config.beta, monitor=residual_monitor,
+                                          lam=config.lam, beta=config.beta, monitor=config.residuals,
                                           storage=STATE_DTYPES[config.state_dtype])
         new = read_parameters(proj, final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
