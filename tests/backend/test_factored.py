@@ -225,13 +225,8 @@ def test_factored_ap_trains_the_digits_mlp():
 
 def test_factored_step_reports_what_the_monitor_asks_for():
     """The factored step returns the residuals the materialised one would for each monitor."""
-    model = load_model(MODELS / "mlp_digits.onnx", batch_size=16)
-    prog = lower(model)
-    bipartize(prog)
-    sched = schedule(prog)
-    data = load_dataset("digits")
-    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
-    x, y = data.x_train[:16], np.eye(10, dtype=np.float32)[data.y_train[:16]]
+    prog, sched, params = _setup("mlp_digits", 16)
+    x, y = _minibatch(prog)
     shapes = {}
     for monitor in (True, "last", "violation", False):
         _, stats = make_step(sched, algorithm="ap", iterations=3, factored="on", monitor=monitor)(params, x, y)

@@ -91,16 +91,20 @@ def test_the_traced_step_does_not_grow_with_sequence_length(tmp_path):
     assert sizes[1] < 1.05 * sizes[0], sizes
 
 
+def _digits_minibatch(batch: int):
+    """The digits MLP's schedule and initial parameters, and the first ``batch`` training rows."""
+    model = load_model(MODELS / "mlp_digits.onnx", batch_size=batch)
+    prog = lower(model)
+    bipartize(prog)
+    data = load_dataset("digits")
+    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
+    return schedule(prog), params, data.x_train[:batch], np.eye(10, dtype=np.float32)[data.y_train[:batch]]
+
+
 def test_bfloat16_storage_follows_the_float32_step():
     """The iterate stored as bfloat16 between iterations: the same minibatch moves the
     parameters as the float32 step does, to bfloat16's precision, and they come back float32."""
-    model = load_model(MODELS / "mlp_digits.onnx", batch_size=BATCH)
-    prog = lower(model)
-    bipartize(prog)
-    sched = schedule(prog)
-    data = load_dataset("digits")
-    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
-    x, labels = data.x_train[:BATCH], np.eye(10, dtype=np.float32)[data.y_train[:BATCH]]
+    sched, params, x, labels = _digits_minibatch(BATCH)
     exact, _ = make_step(sched, iterations=10)(params, x, labels)
     stored, stats = make_step(sched, iterations=10, state_dtype="bfloat16")(params, x, labels)
     assert bool(stats["finite"])
@@ -114,13 +118,7 @@ def test_bfloat16_storage_follows_the_float32_step():
 
 def test_monitoring_the_violation_only_moves_the_parameters_alike():
     """``monitor="violation"`` (projc.compile's default) skips the residuals, not the violation."""
-    model = load_model(MODELS / "mlp_digits.onnx", batch_size=32)
-    prog = lower(model)
-    bipartize(prog)
-    sched = schedule(prog)
-    data = load_dataset("digits")
-    params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
-    x, y = data.x_train[:32], np.eye(10, dtype=np.float32)[data.y_train[:32]]
+    sched, params, x, y = _digits_minibatch(32)
     full, full_stats = make_step(sched, iterations=5, monitor=True)(params, x, y)
     mine, stats = make_step(sched, iterations=5, monitor="violation")(params, x, y)
     assert stats["residuals"].shape == (0,) and full_stats["residuals"].shape == (5,)
