@@ -1,8 +1,8 @@
 """Time the projection operators on tensors the size an MNIST MLP (784-128, batch 256) produces.
 
 For each operator: median time per jitted call, the bytes its inputs and outputs occupy, the
-effective bandwidth, and the ratio to a plain jitted `x + y` moving the same bytes (measured
-in the same run). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
+effective bandwidth, and the ratio of its time per byte to a plain jitted `x + y`'s (the two
+called alternately, the median of the per-pair ratios; the copy's own median is the last row). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
 Operators of `sum_act` and `losses` join the table when those modules exist. With
 `--baseline DIR` (a copy of `backends/jax/projections` from another version), each operator is
 also timed with DIR's modules right after, in the same run: before/after ratios side by side.
@@ -146,15 +146,23 @@ def operators():
     ]
 
 
-def _median_time(fn, args, reps):
-    jax.block_until_ready(fn(*args))  # compile
-    jax.block_until_ready(fn(*args))  # warm caches and allocator
-    times = []
+def _paired_times(fn, args, copy, copy_args, reps):
+    """Times of `fn(*args)` and of `copy(*copy_args)`, called alternately `reps` times each.
+
+    The host's speed drifts between runs (the same copy has measured 14 and 81 ms in two
+    runs of this script); alternating puts the operator and its reference under the same
+    conditions, and the ratio is taken per pair.
+    """
+    for f, a in ((fn, args), (copy, copy_args)):
+        jax.block_until_ready(f(*a))  # compile
+        jax.block_until_ready(f(*a))  # warm caches and allocator
+    op_times, copy_times = [], []
     for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for f, a, times in ((copy, copy_args, copy_times), (fn, args, op_times)):
+            start = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            times.append(time.perf_counter() - start)
+    return op_times, copy_times
 
 
 def _nbytes(tree):
@@ -162,55 +170,66 @@ def _nbytes(tree):
                if hasattr(x, "dtype") and x.dtype != jnp.dtype("O"))
 
 
-def _copy_bandwidth(rng, reps):
+def _copy_reference(rng):
+    """`x + y` on two (B, M, N) arrays: the jitted function, its arguments, its bytes."""
     x, y = _normal(rng, B, M, N), _normal(rng, B, M, N)
-    seconds = _median_time(jax.jit(jnp.add), (x, y), reps)
-    return 3 * x.nbytes / seconds
+    return jax.jit(jnp.add), (x, y), 3 * x.nbytes
 
 
-def _time_row(name, build, mods, rng, reps, copy_bw):
-    """One result row: `build`'s operator from `mods`, timed against the copy bandwidth."""
+def _time_row(name, build, mods, rng, reps, reference):
+    """One result row: `build`'s operator from `mods`, timed alternately with `reference`.
+
+    `ratio` is the median over the pairs of (operator time per byte) / (copy time per byte).
+    """
     fn, args, kwargs = build(mods, rng)
     jitted = jax.jit(lambda *a, fn=fn, kw=kwargs: fn(*a, **kw))
-    seconds = _median_time(jitted, args, reps)
+    copy, copy_args, copy_bytes = reference
+    op_times, copy_times = _paired_times(jitted, args, copy, copy_args, reps)
     moved = _nbytes(args) + _nbytes(jax.eval_shape(jitted, *args))
+    seconds = statistics.median(op_times)
+    ratios = [(t / moved) / (c / copy_bytes) for t, c in zip(op_times, copy_times)]
     return {"name": name, "ms": seconds * 1e3, "mbytes": moved / 1e6,
-            "gb_s": moved / seconds / 1e9, "ratio": seconds * copy_bw / moved}
+            "gb_s": moved / seconds / 1e9, "ratio": statistics.median(ratios),
+            "copy_ms": statistics.median(copy_times) * 1e3}
 
 
 def measure(reps, report=lambda row: None, only="", baseline=None):
-    """Rows of results: one per operator (whose name contains `only`), plus the `x + y`
-    reference; `report` sees each row as it is measured. With `baseline` (a directory of
-    operator modules) each operator is followed by a row timing the baseline's version on
-    the same inputs."""
+    """Rows of results: one per operator (whose name contains `only`), then the `x + y`
+    reference over all its runs; `report` sees each row as it is measured. With `baseline`
+    (a directory of operator modules) each operator is followed by a row timing the
+    baseline's version on the same inputs."""
     mods = load_modules()
     base = None if baseline is None else load_modules(baseline)
     rng = np.random.default_rng(0)
-    copy_bw = _copy_bandwidth(rng, reps)
-    rows = [{"name": "x + y (reference)", "ms": 3 * B * M * N * 4 / copy_bw * 1e3,
-             "mbytes": 3 * B * M * N * 4 / 1e6, "gb_s": copy_bw / 1e9, "ratio": 1.0}]
-    report(rows[0])
+    reference = _copy_reference(rng)
+    rows = []
     for name, build in operators():
         if only not in name:
             continue
         state = rng.bit_generator.state  # the baseline gets the same inputs
-        rows.append(_time_row(name, build, mods, rng, reps, copy_bw))
+        rows.append(_time_row(name, build, mods, rng, reps, reference))
         report(rows[-1])
         if base is not None:
             rng.bit_generator.state = state
-            rows.append({**_time_row(name, build, base, rng, reps, copy_bw),
+            rows.append({**_time_row(name, build, base, rng, reps, reference),
                          "name": "  (baseline)", "baseline_of": name})
             report(rows[-1])
+    copy_ms = statistics.median(r["copy_ms"] for r in rows) if rows else float("nan")
+    copy_bytes = reference[2]
+    rows.append({"name": "x + y (reference)", "ms": copy_ms, "mbytes": copy_bytes / 1e6,
+                 "gb_s": copy_bytes / copy_ms / 1e6, "ratio": 1.0, "copy_ms": copy_ms})
+    report(rows[-1])
     return rows
 
 
 def _print_header():
-    print(f"{'operator':28s} {'ms/call':>9s} {'MB moved':>9s} {'GB/s':>7s} {'x copy':>7s}")
+    print(f"{'operator':28s} {'ms/call':>9s} {'MB moved':>9s} {'GB/s':>7s} {'x copy':>7s} "
+          f"{'copy ms':>8s}")
 
 
 def _print_row(r):
-    print(f"{r['name']:28s} {r['ms']:9.1f} {r['mbytes']:9.0f} {r['gb_s']:7.2f} {r['ratio']:7.2f}",
-          flush=True)
+    print(f"{r['name']:28s} {r['ms']:9.1f} {r['mbytes']:9.0f} {r['gb_s']:7.2f} {r['ratio']:7.2f} "
+          f"{r['copy_ms']:8.1f}", flush=True)
 
 
 def main():
@@ -225,7 +244,7 @@ def main():
     _print_header()
     rows = measure(args.reps, _print_row, args.only, args.baseline)
     if args.json:
-        meta = {"schema": 1, "devices": str(jax.devices()), "shape": [B, M, N], "reps": args.reps}
+        meta = {"schema": 2, "devices": str(jax.devices()), "shape": [B, M, N], "reps": args.reps}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
