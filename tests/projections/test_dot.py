@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from projc.backends.jax.projections.dot import project_dot, project_mul
 from projc.backends.reference import projections_bilinear as ref
 
+from compiled import written_arrays  # tests/projections/compiled.py
+
 DTYPES = (np.float32, np.float64)
 BATCHES = ((), (3,), (2, 3))
 # adversarial query families of the brief: offsets up to 1e4, a or b near zero, a ~ +-b
@@ -225,23 +227,13 @@ def test_weights_broadcast_and_dtype_is_kept(dtype):
     assert np.all(np.abs(heavy - z) <= np.abs(light - z) + 1e-6)
 
 
-def _entry_arrays(compiled_text, shape):
-    """The arrays of `shape` (float32) that the compiled program's entry computation makes."""
-    entry = compiled_text[compiled_text.index("\nENTRY"):]
-    entry = entry[:entry.index("\n}")]
-    kind = "f32[" + ",".join(map(str, shape)) + "]"
-    return [line for line in entry.splitlines()
-            if f"= {kind}" in line and " parameter(" not in line]
-
-
 def test_dot_writes_only_its_outputs_at_full_size():
     """The (..., n) arrays the compiled operator writes are a' and b' alone: the sums U, V
     read a and b, not a written-out a + b and a - b (XLA shares those with the output pass
     when they are the same expressions, and a state-sized copy then costs a pass each way)."""
     shape = (8, 16, 784)
-    a = jax.ShapeDtypeStruct(shape, np.float32)
-    text = _dot.lower(a, a, jax.ShapeDtypeStruct(shape[:-1], np.float32)).compile().as_text()
-    assert len(_entry_arrays(text, shape)) == 2
+    written = written_arrays(project_dot, shape, shape, shape[:-1], size=np.prod(shape))
+    assert len(written) == 2, written
 
 
 # --- the blocked fast solver of project_mul and its per-block fallback ----------------------

@@ -13,6 +13,8 @@ from projc.backends.jax.projections.linear import project_linear
 from projc.backends.jax.projections.maxproj import project_max
 from projc.backends.reference import projections_bilinear as ref
 
+from compiled import written_arrays  # tests/projections/compiled.py
+
 DTYPES = (np.float32, np.float64)
 BATCHES = ((), (5,), (2, 3))
 
@@ -188,6 +190,14 @@ def test_max_raises_exactly_one_of_tied_entries(n):
     np.testing.assert_allclose(z2[1], 3.5 / 4)
     np.testing.assert_allclose(a2[1, :3], 3.5 / 4)
     np.testing.assert_array_equal(a2[1, 3:], 0.0)
+
+
+def test_max_pooling_writes_only_its_outputs():
+    """2x2 pooling (n = 4): one pass for z' and one for a'; the raised entry's index is
+    computed inside the second (an argmax was a third array, written and read back)."""
+    shape = (8, 16, 49, 4)
+    written = written_arrays(project_max, shape, shape[:-1], size=np.prod(shape[:-1]))
+    assert len(written) == 2, written
 
 
 def test_max_builds_no_n_by_n_intermediate():

@@ -35,15 +35,31 @@ def project_max(a, z, w=1.0):
     if n > _NETWORK_MAX and np.prod(batch, dtype=int) > 0:
         a2, m = _project_long(a.reshape(-1, n), z.reshape(-1), w.reshape(-1))
         return a2.reshape(a.shape), m.reshape(batch)
-    m = _common_value_small(a, z, w) if n <= _NETWORK_MAX else _common_value_sorted(a, z, w)
-    return _apply(a, m), m
+    if n <= _NETWORK_MAX:
+        m = _common_value_small(a, z, w)
+        return _apply(a, m, _first_max_small(a)), m
+    m = _common_value_sorted(a, z, w)
+    return _apply(a, m, lax.argmax(a, a.ndim - 1, jnp.int32)), m
 
 
-def _apply(a, m):
-    """`min(a, m)` with one largest entry set to `m` (with ties, exactly one is raised)."""
-    top = jnp.argmax(a, axis=-1)
+def _apply(a, m, top):
+    """`min(a, m)` with the entry `top` (one largest entry) set to `m`."""
     is_top = lax.broadcasted_iota(jnp.int32, a.shape, a.ndim - 1) == top[..., None]
     return jnp.where(is_top, m[..., None], jnp.minimum(a, m[..., None]))
+
+
+def _first_max_small(a):
+    """The index of the first largest entry (argmax's choice), from the n slices: elementwise,
+    so XLA fuses it into `_apply`'s pass; `argmax` is a reduction that XLA writes out (an
+    int64 array half the size of `a` for 2x2 pooling) and reads back."""
+    s = [a[..., i] for i in range(a.shape[-1])]
+    amax = s[0]
+    for x in s[1:]:
+        amax = jnp.maximum(amax, x)
+    first = jnp.full(amax.shape, len(s), jnp.int32)
+    for i in reversed(range(len(s))):
+        first = jnp.where(s[i] == amax, i, first)
+    return first
 
 
 # --- long rows: Newton on the common value, in row blocks that stay in cache ----------------
@@ -75,7 +91,7 @@ def _project_block(a, z, w):
     """One block of rows: Newton for the common value; the sort where it did not converge."""
     m, done = _newton_rows(a, z, w)
     m = lax.cond(done, lambda: m, lambda: _common_value_sorted(a, z, w))
-    return _apply(a, m), m
+    return _apply(a, m, lax.argmax(a, 1, jnp.int32)), m
 
 
 def _newton_rows(a, z, w):
