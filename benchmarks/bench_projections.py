@@ -2,7 +2,9 @@
 
 For each operator: median time per jitted call, the bytes its inputs and outputs occupy, the
 effective bandwidth, and the ratio of its time per byte to a plain jitted `x + y`'s (the two
-called alternately, the median of the per-pair ratios; the copy's own median is the last row). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
+called alternately, the median of the per-pair ratios; the copy's own median is the last row),
+and the bytes XLA's cost analysis counts for one call (every pass over memory; it does not
+vary between runs as the times do). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
 Operators of `sum_act` and `losses` join the table when those modules exist. With
 `--baseline DIR` (a copy of `backends/jax/projections` from another version), each operator is
 also timed with DIR's modules right after, in the same run: before/after ratios side by side.
@@ -190,7 +192,16 @@ def _time_row(name, build, mods, rng, reps, reference):
     ratios = [(t / moved) / (c / copy_bytes) for t, c in zip(op_times, copy_times)]
     return {"name": name, "ms": seconds * 1e3, "mbytes": moved / 1e6,
             "gb_s": moved / seconds / 1e9, "ratio": statistics.median(ratios),
-            "copy_ms": statistics.median(copy_times) * 1e3}
+            "copy_ms": statistics.median(copy_times) * 1e3,
+            "xla_mbytes": _xla_bytes(jitted, args) / 1e6}
+
+
+def _xla_bytes(jitted, args):
+    """Bytes XLA's cost analysis counts for one call: every pass over memory of the compiled
+    program (a loop's body once). Unlike the times, it does not vary between runs."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("bytes accessed", float("nan")))
 
 
 def measure(reps, report=lambda row: None, only="", baseline=None):
@@ -217,19 +228,20 @@ def measure(reps, report=lambda row: None, only="", baseline=None):
     copy_ms = statistics.median(r["copy_ms"] for r in rows) if rows else float("nan")
     copy_bytes = reference[2]
     rows.append({"name": "x + y (reference)", "ms": copy_ms, "mbytes": copy_bytes / 1e6,
-                 "gb_s": copy_bytes / copy_ms / 1e6, "ratio": 1.0, "copy_ms": copy_ms})
+                 "gb_s": copy_bytes / copy_ms / 1e6, "ratio": 1.0, "copy_ms": copy_ms,
+                 "xla_mbytes": _xla_bytes(reference[0], reference[1]) / 1e6})
     report(rows[-1])
     return rows
 
 
 def _print_header():
     print(f"{'operator':28s} {'ms/call':>9s} {'MB moved':>9s} {'GB/s':>7s} {'x copy':>7s} "
-          f"{'copy ms':>8s}")
+          f"{'copy ms':>8s} {'XLA MB':>8s}")
 
 
 def _print_row(r):
     print(f"{r['name']:28s} {r['ms']:9.1f} {r['mbytes']:9.0f} {r['gb_s']:7.2f} {r['ratio']:7.2f} "
-          f"{r['copy_ms']:8.1f}", flush=True)
+          f"{r['copy_ms']:8.1f} {r['xla_mbytes']:8.0f}", flush=True)
 
 
 def main():
