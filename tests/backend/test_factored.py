@@ -229,6 +229,7 @@ def test_factored_step_reports_what_the_monitor_asks_for():
     x, y = _minibatch(prog)
     shapes = {}
     for monitor in (True, "last", "violation", False):
-        _, stats = make_step(sched, algorithm="ap", iterations=3, factored="on", monitor=monitor)(params, x, y)
+        step = make_step(sched, algorithm="ap", iterations=3, factored="on", monitor=monitor)
+        _, stats = jax.eval_shape(step, params, x, y)  # traced, not compiled: shapes are the point
         shapes[monitor] = (stats["residuals"].shape, "violation" in stats)
     assert shapes == {True: ((3,), True), "last": ((1,), True), "violation": ((0,), True), False: ((0,), False)}
