@@ -4,7 +4,8 @@ For each operator: median time per jitted call, the bytes its inputs and outputs
 effective bandwidth, and the ratio of its time per byte to a plain jitted `x + y`'s (the two
 called alternately, the median of the per-pair ratios; the copy's own median is the last row),
 and the bytes XLA's cost analysis counts for one call (every pass over memory; it does not
-vary between runs as the times do). Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
+vary between runs as the times do).
+Run: `python benchmarks/bench_projections.py [--reps 7] [--json out.json]`.
 Operators of `sum_act` and `losses` join the table when those modules exist. With
 `--baseline DIR` (a copy of `backends/jax/projections` from another version), each operator is
 also timed with DIR's modules right after, in the same run: before/after ratios side by side.
@@ -156,8 +157,8 @@ def _paired_times(fn, args, copy, copy_args, reps):
     conditions, and the ratio is taken per pair.
     """
     for f, a in ((fn, args), (copy, copy_args)):
-        jax.block_until_ready(f(*a))  # compile
         jax.block_until_ready(f(*a))  # warm caches and allocator
+        jax.block_until_ready(f(*a))
     op_times, copy_times = [], []
     for _ in range(reps):
         for f, a, times in ((copy, copy_args, copy_times), (fn, args, op_times)):
@@ -173,9 +174,9 @@ def _nbytes(tree):
 
 
 def _copy_reference(rng):
-    """`x + y` on two (B, M, N) arrays: the jitted function, its arguments, its bytes."""
+    """`x + y` on two (B, M, N) arrays: the compiled function, its arguments, its bytes."""
     x, y = _normal(rng, B, M, N), _normal(rng, B, M, N)
-    return jax.jit(jnp.add), (x, y), 3 * x.nbytes
+    return jax.jit(jnp.add).lower(x, y).compile(), (x, y), 3 * x.nbytes
 
 
 def _time_row(name, build, mods, rng, reps, reference):
@@ -185,21 +186,22 @@ def _time_row(name, build, mods, rng, reps, reference):
     """
     fn, args, kwargs = build(mods, rng)
     jitted = jax.jit(lambda *a, fn=fn, kw=kwargs: fn(*a, **kw))
+    compiled = jitted.lower(*args).compile()  # timed and cost-analysed: compiled once
     copy, copy_args, copy_bytes = reference
-    op_times, copy_times = _paired_times(jitted, args, copy, copy_args, reps)
+    op_times, copy_times = _paired_times(compiled, args, copy, copy_args, reps)
     moved = _nbytes(args) + _nbytes(jax.eval_shape(jitted, *args))
     seconds = statistics.median(op_times)
     ratios = [(t / moved) / (c / copy_bytes) for t, c in zip(op_times, copy_times)]
     return {"name": name, "ms": seconds * 1e3, "mbytes": moved / 1e6,
             "gb_s": moved / seconds / 1e9, "ratio": statistics.median(ratios),
             "copy_ms": statistics.median(copy_times) * 1e3,
-            "xla_mbytes": _xla_bytes(jitted, args) / 1e6}
+            "xla_mbytes": _xla_bytes(compiled) / 1e6}
 
 
-def _xla_bytes(jitted, args):
+def _xla_bytes(compiled):
     """Bytes XLA's cost analysis counts for one call: every pass over memory of the compiled
     program (a loop's body once). Unlike the times, it does not vary between runs."""
-    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("bytes accessed", float("nan")))
 
@@ -229,7 +231,7 @@ def measure(reps, report=lambda row: None, only="", baseline=None):
     copy_bytes = reference[2]
     rows.append({"name": "x + y (reference)", "ms": copy_ms, "mbytes": copy_bytes / 1e6,
                  "gb_s": copy_bytes / copy_ms / 1e6, "ratio": 1.0, "copy_ms": copy_ms,
-                 "xla_mbytes": _xla_bytes(reference[0], reference[1]) / 1e6})
+                 "xla_mbytes": _xla_bytes(reference[0]) / 1e6})
     report(rows[-1])
     return rows
 

@@ -132,7 +132,7 @@ def test_folded_linear_updates_give_the_same_iterates(algorithm, colouring):
     runs = []
     for lazy in (False, True):
         proj = BlockProjector(sched, {"x": x, "labels": onehot}, dtype=jnp.float64, lazy=lazy)
-        def run(s, proj=proj):  # one program: the violation op by op compiled every op anew
+        def run(s, proj=proj):  # one program: outside jit the violation ran op by op, each op compiled
             final, residuals = algorithms.run(proj.project, proj.blocks, s, algorithm, 5)
             return final, residuals, algorithms.violation(proj.project, proj.blocks, final)
 
