@@ -27,6 +27,9 @@ class Reshape:
     def apply(self, xp, x):
         return xp.reshape(x, self.shape)
 
+    def adjoint(self, y, in_shape):
+        return np.reshape(y, in_shape)
+
     def __str__(self):
         return f"reshape{list(self.shape)}"
 
@@ -40,6 +43,9 @@ class Transpose:
 
     def apply(self, xp, x):
         return xp.transpose(x, self.perm)
+
+    def adjoint(self, y, in_shape):
+        return np.transpose(y, np.argsort(self.perm))
 
     def __str__(self):
         return f"transpose{list(self.perm)}"
@@ -57,6 +63,9 @@ class Broadcast:
 
     def apply(self, xp, x):
         return xp.broadcast_to(xp.expand_dims(x, self.axis), self.out_shape(x.shape))
+
+    def adjoint(self, y, in_shape):
+        return np.sum(y, axis=self.axis)
 
     def __str__(self):
         return f"bcast({self.axis},{self.size})"
@@ -89,6 +98,17 @@ class Take:
             return xp.take(x, idx, axis=self.axis)
         padded = xp.concatenate([x, xp.zeros_like(xp.take(x, np.array([0]), axis=self.axis))], self.axis)
         return xp.take(padded, np.where(idx < 0, x.shape[self.axis], idx), axis=self.axis)
+
+    def adjoint(self, y, in_shape):
+        idx = np.asarray(self.indices)
+        k, a = idx.ndim, self.axis
+        y = np.asarray(y)
+        # the axes of the indices first, rows of everything else
+        rows = np.moveaxis(y, list(range(a, a + k)), list(range(k))).reshape(idx.size, -1)
+        flat = idx.reshape(-1)
+        out = np.zeros((in_shape[a], rows.shape[1]), np.result_type(y, np.float64))
+        np.add.at(out, flat[flat >= 0], rows[flat >= 0])  # index -1 read the constant zero
+        return np.moveaxis(out.reshape((in_shape[a], *in_shape[:a], *in_shape[a + 1:])), 0, a)
 
     def __str__(self):
         idx = np.asarray(self.indices)
@@ -156,18 +176,43 @@ class IndexMap:
             x = step.apply(xp, x)
         return x
 
+    def _shapes(self) -> list[tuple[int, ...]]:
+        """The shape before each step, and after the last."""
+        shapes = [tuple(self.src_shape)]
+        for step in self.steps:
+            shapes.append(tuple(step.out_shape(shapes[-1])))
+        return shapes
+
     def adjoint(self, copies: np.ndarray) -> np.ndarray:
         """``G^T``: add every operand entry back onto the source entry it reads (NumPy)."""
-        index = self.apply(np.arange(int(np.prod(self.src_shape))).reshape(self.src_shape) + 1)
-        out = np.zeros(int(np.prod(self.src_shape)), dtype=np.result_type(copies, np.float64))
-        flat_idx = np.asarray(index).reshape(-1)
-        mask = flat_idx > 0  # padding reads the constant zero (index 0 after the +1 shift)
-        np.add.at(out, flat_idx[mask] - 1, np.asarray(copies).reshape(-1)[mask])
-        return out.reshape(self.src_shape)
+        shapes = self._shapes()
+        y = np.asarray(copies, np.result_type(copies, np.float64)).reshape(shapes[-1])
+        for step, in_shape in zip(reversed(self.steps), reversed(shapes[:-1])):
+            y = step.adjoint(y, in_shape)
+        return np.reshape(y, self.src_shape)
 
     def counts(self) -> np.ndarray:
-        """``G^T(1)``: how many operand entries read each source entry."""
-        return self.adjoint(np.ones(self.shape))
+        """``G^T(1)``: how many operand entries read each source entry.
+
+        Walked back step by step with the count kept as one number while it is constant (a
+        weight broadcast over the batch has tens of millions of copies: none materialised).
+        """
+        return self._counts.copy()
+
+    @cached_property
+    def _counts(self) -> np.ndarray:
+        shapes = self._shapes()
+        steps = list(zip(self.steps, shapes[:-1]))
+        level = 1.0
+        while steps and not isinstance(steps[-1][0], Take):
+            step, _ = steps.pop()
+            level *= step.size if isinstance(step, Broadcast) else 1
+        if not steps:
+            return np.full(self.src_shape, level)
+        y = np.full(shapes[len(steps)], level)
+        for step, in_shape in reversed(steps):
+            y = step.adjoint(y, in_shape)
+        return np.reshape(y, self.src_shape)
 
     def __str__(self) -> str:
         return " |> ".join(str(s) for s in self.steps) if self.steps else "id"

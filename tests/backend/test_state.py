@@ -44,3 +44,23 @@ def test_gather_is_the_adjoint_of_send():
             np.testing.assert_allclose(np.asarray(gt), slot.imap.adjoint(c), rtol=1e-10, atol=1e-10)
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits", "lstm_digits", "residual_mlp_digits"])
+def test_counts_is_the_adjoint_of_ones_counted_entry_by_entry(name):
+    """``counts`` (walked back with the count kept as one number while it is constant) equals
+    the fan-out counted the slow way: every operand entry's source index, tallied."""
+    prog = lower(load_model(MODELS / f"{name}.onnx", batch_size=3))
+    kinds = set()
+    for group in prog.groups.values():
+        for slot in group.slots:
+            imap = slot.imap
+            size = int(np.prod(imap.src_shape))
+            sources = np.asarray(imap.apply(np.arange(1, size + 1).reshape(imap.src_shape))).reshape(-1)
+            want = np.bincount(sources, minlength=size + 1)[1:].reshape(imap.src_shape)  # 0: padding
+            np.testing.assert_array_equal(imap.counts(), want)
+            np.testing.assert_array_equal(imap.adjoint(np.ones(imap.shape)), want)
+            kinds |= {type(step).__name__ for step in imap.steps}
+    assert "Broadcast" in kinds  # the maps exercised more than the identity
+    if name == "cnn_digits":
+        assert {"Take", "Transpose", "Reshape"} <= kinds
