@@ -178,7 +178,18 @@ def _iterate(rho, lo, hi, su, sv, z, c):
 
 
 def _solve(big_u, big_v, z, c):
-    """Per-constraint output coefficients `(cu, eu, cv, ev, z2)` of `_dot_exact`."""
+    """Per-constraint output coefficients `(cu, eu, cv, ev, z2)` of `_dot_exact`.
+
+    Solved on flat vectors: XLA-CPU compiles each of the solver's many small kernels with
+    LLVM, which unrolls a short inner axis completely (a (256, 10) batch compiled in 2.0 s,
+    the same 2560 queries as one vector in 1.3 s).
+    """
+    shape = z.shape
+    coef = _solve_flat(*(x.reshape(-1) for x in (big_u, big_v, z, c)))
+    return tuple(x.reshape(shape) for x in coef)
+
+
+def _solve_flat(big_u, big_v, z, c):
     bound = _RHO_BOUND[np.dtype(z.dtype)]
     su, sv = jnp.sqrt(big_u), jnp.sqrt(big_v)
     rho, lo, hi = _bracket_and_start(su, sv, big_u, big_v, z, c, bound)

@@ -32,7 +32,9 @@ def wright_omega(z):
 
 
 def _newton(v, y, sy, lam):
-    """The prox as a root of one monotone scalar equation per row.
+    """The prox as a root of one monotone scalar equation per row; classes on axis 0 of
+    ``v`` and ``y`` (shape `(C, rows)`: XLA-CPU compiles a short last axis into fully
+    unrolled loops, several times slower to compile), ``sy`` of shape `(rows,)`.
 
     Optimality `x = u - t softmax(x)` with `u = v + lam y`, `t = lam sum(y)` gives
     `t softmax(x)_i = omega(u_i - d)` for the scalar `d = lse(x) - log t`, which solves
@@ -41,13 +43,14 @@ def _newton(v, y, sy, lam):
     `t`), so Newton from `d0` rises monotonically to the root: no bracket, no line search.
     Each row stops when its step is below `eps^(3/4)` of the scale of `d` or the rounding
     noise of `g` (quadratic convergence: settled to rounding); a settled row stays as it is,
-    so a row's answer does not depend on the batch it came in.
+    so a row's answer does not depend on the batch it came in. The answer is exact for `u` as
+    rounded: accurate to `eps |v + lam y|`, the size of the rounding of `v + lam y` itself.
     """
     eps = jnp.finfo(v.dtype).eps
     labelled = sy > 0  # t = 0: no loss, x = v
     t = jnp.where(labelled, lam * sy, 1)
     u = v + lam * y
-    d0 = jnp.max(u, axis=-1, keepdims=True) - (t + jnp.log(t))
+    d0 = jnp.max(u, axis=0) - (t + jnp.log(t))
 
     def cond(state):
         k, _, active = state
@@ -56,8 +59,8 @@ def _newton(v, y, sy, lam):
     def body(state):
         k, d, active = state
         w = wright_omega(u - d)
-        slope = jnp.sum(w / (1 + w), axis=-1, keepdims=True)
-        step = jnp.where(active, (jnp.sum(w, axis=-1, keepdims=True) - t) / slope, 0)
+        slope = jnp.sum(w / (1 + w), axis=0)
+        step = jnp.where(active, (jnp.sum(w, axis=0) - t) / slope, 0)
         tol = eps ** 0.75 * (1 + jnp.abs(d)) + 8 * eps * t / slope
         return k + 1, d + step, active & (jnp.abs(step) > tol)
 
@@ -76,7 +79,9 @@ def _prox_ce(v, y, lam, compat):
     lam = jnp.asarray(lam, v.dtype)
     if compat:
         return _pjax_fixed_point(v, y, lam)
-    return _newton(v, y, jnp.sum(y, axis=-1, keepdims=True), lam)
+    rows = jnp.moveaxis(v, -1, 0).reshape(v.shape[-1], -1), jnp.moveaxis(y, -1, 0).reshape(v.shape[-1], -1)
+    x = _newton(*rows, jnp.sum(rows[1], axis=0), lam)
+    return jnp.moveaxis(x.reshape(v.shape[-1:] + v.shape[:-1]), 0, -1)
 
 
 _prox_ce_jit = jax.jit(_prox_ce, static_argnames=("compat",))
