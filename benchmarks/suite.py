@@ -1,7 +1,9 @@
 """The performance suite (issue 6): per model and algorithm, what one iteration costs.
 
 For each (model, algorithm) it prints and records:
-- compile time of the minibatch step (``jax.jit(...).lower(...).compile()``, wall clock);
+- compile time of the minibatch step (``jax.jit(...).lower(...).compile()``, wall clock), the
+  part of it spent tracing and lowering, and the number of kernels XLA emits (deterministic,
+  unlike the times; see ``kernel_count``);
 - time per iteration: the median over repeats of ``--iterations`` iterations run in one
   compiled ``lax.scan`` from a forward-pass state, divided by the count;
 - state bytes, and XLA's cost analysis of one iteration (bytes accessed, flops);
@@ -21,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -60,6 +63,41 @@ CASES = [
 ]
 
 
+# instructions that launch no kernel of their own (control flow's bodies are counted instead)
+_NO_KERNEL = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+              "call", "opt-barrier", "after-all", "copy-start", "copy-done"}
+
+
+def kernel_count(compiled) -> int:
+    """How many kernels XLA emits for a compiled function: the instructions of its entry and of
+    the bodies, conditions and branches of its control flow, fusions counted once.
+
+    XLA-CPU compiles each kernel with LLVM (tens of ms each on the project's machines) and
+    dispatches it at run time (microseconds each), so this count is a deterministic proxy for
+    compile time, and for the time per iteration of small models.
+    """
+    text = compiled.as_text()
+    blocks = {m.group(2): m.group(3) for m in re.finditer(r"^(ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.M | re.S)}
+    entry = re.search(r"^ENTRY %?([\w.\-]+)", text, re.M).group(1)
+    hosts, todo = set(), [entry]
+    while todo:  # the entry and every computation its control flow runs
+        name = todo.pop()
+        if name in hosts or name not in blocks:
+            continue
+        hosts.add(name)
+        for line in blocks[name].splitlines():
+            if re.search(r"= [^=]*? (while|conditional|call)\(", line):
+                todo += re.findall(r"(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)", line)
+                for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
+                    todo += [b.strip().lstrip("%") for b in group.split(",")]
+    count = 0
+    for name in hosts:
+        for line in blocks[name].splitlines():
+            op = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(", line)
+            count += bool(op) and op.group(1) not in _NO_KERNEL
+    return count
+
+
 def _median_time(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times = []
@@ -81,7 +119,9 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     xb, lb = x[:case.batch], program.one_hot(y[:case.batch])
 
     start = time.perf_counter()
-    compiled_step = program.step.lower(program.params, xb, lb).compile()
+    lowered = program.step.lower(program.params, xb, lb)
+    trace_s = time.perf_counter() - start
+    compiled_step = lowered.compile()
     compile_s = time.perf_counter() - start
     memory = compiled_step.memory_analysis()
 
@@ -102,7 +142,8 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     state_bytes = sum(v.size * v.dtype.itemsize for v in state.values())
     return {
         "case": case.name, "model": case.model, "algorithm": case.algorithm, "batch": case.batch,
-        "compile_s": compile_s, "iteration_s": per_iteration, "copy_s": copy_s,
+        "compile_s": compile_s, "trace_s": trace_s, "kernels": kernel_count(compiled_step),
+        "iteration_s": per_iteration, "copy_s": copy_s,
         "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
         "bytes_accessed_per_iteration": float(cost.get("bytes accessed", float("nan"))),
         "flops_per_iteration": float(cost.get("flops", float("nan"))),
@@ -114,7 +155,7 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
 
 def _row(r: dict) -> str:
     mib = 1 / 2 ** 20
-    return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s  iteration {1e3 * r['iteration_s']:8.2f} ms  "
+    return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s (trace {r['trace_s']:4.2f} s, {r['kernels']} kernels)  iteration {1e3 * r['iteration_s']:8.2f} ms  "
             f"copy {1e3 * r['copy_s']:6.2f} ms  ratio {r['bandwidth_ratio']:5.1f}  state {r['state_bytes'] * mib:7.1f} MiB  "
             f"XLA bytes/iter {r['bytes_accessed_per_iteration'] * mib:8.1f} MiB ({r['bytes_accessed_per_iteration'] / r['state_bytes']:.1f} states)  "
             f"step memory {r['step_memory_bytes'] * mib:7.1f} MiB")
