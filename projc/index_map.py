@@ -138,11 +138,16 @@ class IndexMap:
     steps: tuple[Step, ...] = ()
 
     @cached_property
-    def shape(self) -> tuple[int, ...]:
-        shape = self.src_shape
+    def _shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape before each step, and after the last."""
+        shapes = [self.src_shape]
         for step in self.steps:
-            shape = tuple(step.out_shape(shape))
-        return shape
+            shapes.append(tuple(step.out_shape(shapes[-1])))
+        return tuple(shapes)
+
+    @cached_property
+    def shape(self) -> tuple[int, ...]:
+        return self._shapes[-1]
 
     def then(self, *steps: Step) -> "IndexMap":
         """This map followed by ``steps``, simplified: no-op steps are dropped, consecutive
@@ -176,20 +181,17 @@ class IndexMap:
             x = step.apply(xp, x)
         return x
 
-    def _shapes(self) -> list[tuple[int, ...]]:
-        """The shape before each step, and after the last."""
-        shapes = [tuple(self.src_shape)]
-        for step in self.steps:
-            shapes.append(tuple(step.out_shape(shapes[-1])))
-        return shapes
+    def _pull_back(self, y: np.ndarray, upto: int) -> np.ndarray:
+        """The adjoints of the first ``upto`` steps, last first, applied to ``y`` (shaped as
+        after those steps)."""
+        for step, in_shape in zip(reversed(self.steps[:upto]), reversed(self._shapes[:upto])):
+            y = step.adjoint(y, in_shape)
+        return np.reshape(y, self.src_shape)
 
     def adjoint(self, copies: np.ndarray) -> np.ndarray:
         """``G^T``: add every operand entry back onto the source entry it reads (NumPy)."""
-        shapes = self._shapes()
-        y = np.asarray(copies, np.result_type(copies, np.float64)).reshape(shapes[-1])
-        for step, in_shape in zip(reversed(self.steps), reversed(shapes[:-1])):
-            y = step.adjoint(y, in_shape)
-        return np.reshape(y, self.src_shape)
+        y = np.asarray(copies, np.result_type(copies, np.float64)).reshape(self.shape)
+        return self._pull_back(y, len(self.steps))
 
     def counts(self) -> np.ndarray:
         """``G^T(1)``: how many operand entries read each source entry.
@@ -201,18 +203,12 @@ class IndexMap:
 
     @cached_property
     def _counts(self) -> np.ndarray:
-        shapes = self._shapes()
-        steps = list(zip(self.steps, shapes[:-1]))
-        level = 1.0
-        while steps and not isinstance(steps[-1][0], Take):
-            step, _ = steps.pop()
+        upto, level = len(self.steps), 1.0
+        while upto and not isinstance(self.steps[upto - 1], Take):  # constant until a take
+            step = self.steps[upto - 1]
             level *= step.size if isinstance(step, Broadcast) else 1
-        if not steps:
-            return np.full(self.src_shape, level)
-        y = np.full(shapes[len(steps)], level)
-        for step, in_shape in reversed(steps):
-            y = step.adjoint(y, in_shape)
-        return np.reshape(y, self.src_shape)
+            upto -= 1
+        return self._pull_back(np.full(self._shapes[upto], level), upto)
 
     def __str__(self) -> str:
         return " |> ".join(str(s) for s in self.steps) if self.steps else "id"

@@ -120,13 +120,6 @@ def _side(slot: Slot, axis: int, size: int) -> Side | None:
     return Side(slot.role, slot.var, prefix, slot.copy) if len(prefix.shape) == 2 else None
 
 
-def _counts(imap: IndexMap) -> np.ndarray:
-    """``G^T(1)``, without materialising the copies when the map ends in broadcasts."""
-    if imap.steps and isinstance(imap.steps[-1], Broadcast):
-        return imap.steps[-1].size * _counts(IndexMap(imap.src_shape, imap.steps[:-1]))
-    return imap.counts()
-
-
 def _producer_node(prog: Program, var: str) -> str:
     v = prog.variables[var]
     if v.kind is VarKind.HIDDEN:
@@ -337,9 +330,9 @@ class FactoredAP:
         self._materialised = {v: [(slot_key(g.name, s), s) for g, s in prog.copies_of(v)
                                   if (g.name, s.role) not in factored_slots] for v in prog.variables}
         # per entry, all copies (the consensus's divisor) and those the factored slots stand for
-        self._counts = {v: sum((_counts(s.imap) for _, s in prog.copies_of(v)), np.zeros(var.shape))
+        self._counts = {v: sum((s.imap.counts() for _, s in prog.copies_of(v)), np.zeros(var.shape))
                         for v, var in prog.variables.items()}
-        self._factored_counts = {v: sum(_counts(s.imap) for g, s in prog.copies_of(v)
+        self._factored_counts = {v: sum(s.imap.counts() for g, s in prog.copies_of(v)
                                         if (g.name, s.role) in factored_slots) for v in the_plan.variables}
         self._check_blocks()
 

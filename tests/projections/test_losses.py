@@ -148,7 +148,7 @@ def test_cross_entropy_rows_do_not_depend_on_their_batch(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wright_omega_solves_its_equation_everywhere(dtype):
     """`w + log w = z` to rounding from far below zero (where `w = e^z`, down to underflow)
-    to far above; the start alone is within about 25%."""
+    to far above."""
     import jax.numpy as jnp
 
     from projc.backends.jax.projections.losses import wright_omega

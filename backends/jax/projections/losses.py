@@ -11,13 +11,13 @@ import jax.numpy as jnp
 from jax import lax
 
 _CE_STEPS = 30  # Newton steps at most; 1-8 settled every row of the adversarial tests
-_OMEGA_STEPS = 3  # fourth-order steps of the Wright omega from a start within about 25%
+_OMEGA_STEPS = 3  # fourth-order steps of the Wright omega from a start within a third
 
 
 def wright_omega(z):
     """The Wright omega function, elementwise: the `w > 0` with `w + log w = z` (`W(e^z)`).
 
-    A start within about 25% (`z - log z` above 1, `log(1 + e^z)` below) refined by three
+    A start within a third (`z - log z` above 1, `log(1 + e^z)` below) refined by three
     steps of Fritsch, Shafer and Crowley's fourth-order iteration; rounding-accurate for any
     `z`, `e^z` where that underflows to 0.
     """
