@@ -111,6 +111,18 @@ def test_cast_to_float8_saturates_unless_told_not_to():
     assert np.isnan(_run(raw, [x])[0].astype(np.float32)[:2]).all()
 
 
+def test_cast_to_int4_sends_floats_out_of_range_to_zero_and_wraps_integers():
+    """ONNX's reference (ml_dtypes >= 0.7, onnx 1.23.2's test data): a float outside int4's
+    range, or NaN, becomes 0 and an in-range one is truncated; an integer wraps modulo 16."""
+    i4 = TensorProto.INT4
+    floats = np.array([-9.0, -8.0, -2.7, 7.9, 8.0, 15.0, np.nan], np.float32)
+    (y,) = _run(_model("Cast", [("x", F32, [7])], [("y", i4, [7])], opset=21, to=i4), [floats])
+    np.testing.assert_array_equal(y.astype(np.int8), [0, -8, -2, 7, 0, 0, 0])
+    ints = np.array([-9, 8, 15, 3], np.int32)
+    (z,) = _run(_model("Cast", [("x", TensorProto.INT32, [4])], [("y", i4, [4])], opset=21, to=i4), [ints])
+    np.testing.assert_array_equal(z.astype(np.int8), [7, -8, -1, 3])
+
+
 @pytest.mark.parametrize("op", ["ReduceSum", "ReduceMax", "ReduceL2", "ReduceLogSumExp"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reductions_with_axes_input_match_onnxruntime(op, keepdims):
