@@ -65,7 +65,7 @@ from projc.backends.jax.iterate import _KERNELS, BlockProjector  # the materiali
 from projc.backends.jax.program_forward import forward_values
 # the dot operator's scalar solver, reused on (U, V, z, 1/w) built from the factored quantities
 from projc.backends.jax.projections.dot import _COMPAT_STEPS, _compat_newton, _solve
-from projc.backends.jax.state import gather, send, slot_key
+from projc.backends.jax.state import compact, gather, send, slot_key
 from projc.constraints import Group, Program, Slot, VarKind
 from projc.errors import ProjcError
 from projc.index_map import Broadcast, IndexMap
@@ -375,12 +375,13 @@ class FactoredAP:
     def consensus(self, copies, totals, var: str) -> jax.Array:
         """The mean of ``var``'s copies: materialised ones gathered, factored ones from ``totals``."""
         total = totals.get(var, 0) + sum(gather(s.imap, copies[k], self.dtype) for k, s in self._materialised[var])
-        counts = self._counts[var]
-        return jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(self.dtype)
+        counts = compact(self._counts[var])
+        mean = jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(self.dtype)
+        return jnp.broadcast_to(mean, self.prog.variables[var].shape)
 
     def _totals_at(self, values) -> dict:
         """``G^T G v = counts v``: the factored copies' sums when they all equal ``v``."""
-        return {v: jnp.asarray(self._factored_counts[v], self.dtype) * values[v] for v in values}
+        return {v: jnp.asarray(compact(self._factored_counts[v]), self.dtype) * values[v] for v in values}
 
     def parameters(self, state: dict) -> dict[str, jax.Array]:
         """Parameters read out the materialised way: the consensus of their copies."""
@@ -404,7 +405,7 @@ class FactoredAP:
         """Project one factored group: its output's copies written, its sides returned."""
         group = self.prog.groups[fg.name]
         y = self.consensus(copies, {}, fg.out)
-        w = self.proj.weights[fg.out]
+        w = self.proj.weight(fg.out)
         rows, cols = self._matrix(fg.row, values), self._matrix(fg.col, values)
         if fg.kind == "dot":
             sides, y2 = _dot(fg, rows, cols, y, w, self.proj.compat)
@@ -420,7 +421,7 @@ class FactoredAP:
             return
         ops = {s.role: self.proj._operand(group, i, copies) for i, s in enumerate(group.slots)}
         y = self.consensus(copies, totals, group.out)
-        inputs, y2 = _KERNELS[group.kind](group, ops, y, self.proj.weights[group.out], self.proj.compat)
+        inputs, y2 = _KERNELS[group.kind](group, ops, y, self.proj.weight(group.out), self.proj.compat)
         for slot, value in zip((s for s in group.slots if s.copy), inputs):
             new[slot_key(group.name, slot)] = value
         self._broadcast(group.out, y2, new, new_values)
@@ -474,7 +475,7 @@ class FactoredAP:
         sq = jnp.square(distance(new["copies"], old["copies"])) if new["copies"] else 0.0
         for v in self.plan.variables:
             diff = new["values"][v] - old["values"][v]
-            sq = sq + jnp.sum(jnp.asarray(self._factored_counts[v], self.dtype) * diff * diff)
+            sq = sq + jnp.sum(jnp.asarray(compact(self._factored_counts[v]), self.dtype) * diff * diff)
         return jnp.sqrt(sq)
 
     def violation(self, state: dict) -> jax.Array:

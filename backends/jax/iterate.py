@@ -21,7 +21,8 @@ import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.projections.linear import linear_shift
-from projc.backends.jax.state import Shifted, State, consensus, copy_slots, dense, send, send_compact, slot_key
+from projc.backends.jax.state import (Shifted, State, compact, consensus, copy_slots, dense, send, send_compact,
+                                      slot_key)
 from projc.constraints import Group, VarKind
 from projc.passes.schedule_blocks import Schedule
 
@@ -42,8 +43,13 @@ class BlockProjector:
         self.dtype, self.loss_lambda, self.compat = dtype, loss_lambda, compat
         fanout = "pjax" if compat else fanout
         self._nodes = {b: sorted(n for n, c in self.colour.items() if c == b) for b in set(self.colour.values())}
-        self.weights = {v: jnp.asarray(self.prog.fanout(v, fanout), dtype)
-                        for v, var in self.prog.variables.items() if var.kind is VarKind.HIDDEN}
+        # compact: broadcast to full size inside the program, not stored at it (see state.compact)
+        self._weights = {v: jnp.asarray(compact(self.prog.fanout(v, fanout)), dtype)
+                         for v, var in self.prog.variables.items() if var.kind is VarKind.HIDDEN}
+
+    def weight(self, var: str) -> jax.Array:
+        """The output weight ``w`` of ``var``'s producer (its fan-out), one per entry."""
+        return jnp.broadcast_to(self._weights[var], self.prog.variables[var].shape)
 
     def nodes(self, block: int) -> list[str]:
         return self._nodes.get(block, [])
@@ -90,7 +96,7 @@ class BlockProjector:
                 new[key] = LOSSES[loss](ops["v"], ops["y"], self.loss_lambda)
             return
         y = consensus(self.prog, state, group.out, self.dtype)
-        w = self.weights[group.out]
+        w = self.weight(group.out)
         folded = self._folded_slot(group, ops)
         if folded is not None:
             shift, y2 = linear_shift(ops["x"], y, ops["c"], group.attrs.get("d", 0.0), w)

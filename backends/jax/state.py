@@ -137,9 +137,23 @@ def init_state(prog: Program, values: Mapping[str, jax.Array], dtype=jnp.float32
     return state
 
 
+def compact(a: np.ndarray) -> np.ndarray:
+    """``a`` with every axis along which it does not vary cut to length 1: the same values
+    once broadcast back. A per-entry constant (a fan-out count, its mask) enters the compiled
+    program as a literal; at full size it made an LSTM's module 32 MB at 8 steps and 247 MB at
+    64, and XLA's compile time grew with it."""
+    a = np.asarray(a)
+    for axis in range(a.ndim):
+        first = a.take([0], axis)
+        if a.shape[axis] > 1 and np.array_equal(a, np.broadcast_to(first, a.shape)):
+            a = first
+    return a
+
+
 def consensus(prog: Program, state: Mapping[str, jax.Array], var: str, dtype=jnp.float32) -> jax.Array:
     """The mean of ``var``'s copies, entry by entry (entries nobody reads come out as 0)."""
     slots = copy_slots(prog, var)
     total = sum(gather(s.imap, state[k], dtype) for k, s in slots)
-    counts = prog.fanout(var)
-    return jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(dtype)
+    counts = compact(prog.fanout(var))
+    mean = jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(dtype)
+    return jnp.broadcast_to(mean, prog.variables[var].shape)  # full size when nobody reads var

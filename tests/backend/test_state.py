@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projc.backends.jax.state import consensus, gather, init_state, send
+from projc.backends.jax.state import compact, consensus, gather, init_state, send
 from projc.backends.reference.constraint_eval import evaluate_program
 from projc.constraints import VarKind
 from projc.frontend import load_model
@@ -64,3 +64,16 @@ def test_counts_is_the_adjoint_of_ones_counted_entry_by_entry(name):
     assert "Broadcast" in kinds  # the maps exercised more than the identity
     if name == "cnn_digits":
         assert {"Take", "Transpose", "Reshape"} <= kinds
+
+
+def test_compact_keeps_only_the_axes_that_vary():
+    rng = np.random.default_rng(0)
+    varying = rng.integers(0, 3, (1, 5, 1)).astype(float)
+    full = np.broadcast_to(varying, (4, 5, 6)).copy()
+    small = compact(full)
+    assert small.shape == (1, 5, 1)
+    np.testing.assert_array_equal(np.broadcast_to(small, full.shape), full)
+    mixed = full.copy()
+    mixed[3, 0, 5] += 1  # one entry off: no axis is constant any more
+    assert compact(mixed).shape == mixed.shape
+    assert compact(np.ones(())).shape == ()
