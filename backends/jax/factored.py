@@ -65,7 +65,7 @@ from projc.backends.jax.iterate import _KERNELS, BlockProjector  # the materiali
 from projc.backends.jax.program_forward import forward_values
 # the dot operator's scalar solver, reused on (U, V, z, 1/w) built from the factored quantities
 from projc.backends.jax.projections.dot import _COMPAT_STEPS, _compat_newton, _solve
-from projc.backends.jax.state import compact, gather, send, slot_key
+from projc.backends.jax.state import compact, gather, mean_of_copies, send, slot_key
 from projc.constraints import Group, Program, Slot, VarKind
 from projc.errors import ProjcError
 from projc.index_map import Broadcast, IndexMap
@@ -329,11 +329,12 @@ class FactoredAP:
                                                                           the_plan.groups[g].col)}
         self._materialised = {v: [(slot_key(g.name, s), s) for g, s in prog.copies_of(v)
                                   if (g.name, s.role) not in factored_slots] for v in prog.variables}
-        # per entry, all copies (the consensus's divisor) and those the factored slots stand for
-        self._counts = {v: sum((s.imap.counts() for _, s in prog.copies_of(v)), np.zeros(var.shape))
+        # per entry, all copies (the consensus's divisor) and those the factored slots stand for;
+        # compact, so that they enter the program small (see state.compact)
+        self._counts = {v: compact(sum((s.imap.counts() for _, s in prog.copies_of(v)), np.zeros(var.shape)))
                         for v, var in prog.variables.items()}
-        self._factored_counts = {v: sum(s.imap.counts() for g, s in prog.copies_of(v)
-                                        if (g.name, s.role) in factored_slots) for v in the_plan.variables}
+        self._factored_counts = {v: compact(sum(s.imap.counts() for g, s in prog.copies_of(v)
+                                                if (g.name, s.role) in factored_slots)) for v in the_plan.variables}
         self._check_blocks()
 
     def _check_blocks(self) -> None:
@@ -375,13 +376,11 @@ class FactoredAP:
     def consensus(self, copies, totals, var: str) -> jax.Array:
         """The mean of ``var``'s copies: materialised ones gathered, factored ones from ``totals``."""
         total = totals.get(var, 0) + sum(gather(s.imap, copies[k], self.dtype) for k, s in self._materialised[var])
-        counts = compact(self._counts[var])
-        mean = jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(self.dtype)
-        return jnp.broadcast_to(mean, self.prog.variables[var].shape)
+        return mean_of_copies(total, self._counts[var], self.prog.variables[var].shape, self.dtype)
 
     def _totals_at(self, values) -> dict:
         """``G^T G v = counts v``: the factored copies' sums when they all equal ``v``."""
-        return {v: jnp.asarray(compact(self._factored_counts[v]), self.dtype) * values[v] for v in values}
+        return {v: jnp.asarray(self._factored_counts[v], self.dtype) * values[v] for v in values}
 
     def parameters(self, state: dict) -> dict[str, jax.Array]:
         """Parameters read out the materialised way: the consensus of their copies."""
@@ -475,7 +474,7 @@ class FactoredAP:
         sq = jnp.square(distance(new["copies"], old["copies"])) if new["copies"] else 0.0
         for v in self.plan.variables:
             diff = new["values"][v] - old["values"][v]
-            sq = sq + jnp.sum(jnp.asarray(compact(self._factored_counts[v]), self.dtype) * diff * diff)
+            sq = sq + jnp.sum(jnp.asarray(self._factored_counts[v], self.dtype) * diff * diff)
         return jnp.sqrt(sq)
 
     def violation(self, state: dict) -> jax.Array:

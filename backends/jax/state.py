@@ -154,6 +154,11 @@ def consensus(prog: Program, state: Mapping[str, jax.Array], var: str, dtype=jnp
     """The mean of ``var``'s copies, entry by entry (entries nobody reads come out as 0)."""
     slots = copy_slots(prog, var)
     total = sum(gather(s.imap, state[k], dtype) for k, s in slots)
-    counts = compact(prog.fanout(var))
+    return mean_of_copies(total, compact(prog.fanout(var)), prog.variables[var].shape, dtype)
+
+
+def mean_of_copies(total, counts: np.ndarray, shape, dtype) -> jax.Array:
+    """``total / counts`` entry by entry, 0 where no copy is counted, at the variable's full
+    ``shape`` (``total`` is a scalar 0 when nobody reads the variable, ``counts`` compact)."""
     mean = jnp.where(counts > 0, total / np.maximum(counts, 1), 0).astype(dtype)
-    return jnp.broadcast_to(mean, prog.variables[var].shape)  # full size when nobody reads var
+    return jnp.broadcast_to(mean, shape)
