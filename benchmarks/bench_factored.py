@@ -1,6 +1,7 @@
 """Time one AP iteration materialised against factored (backends/jax/factored.py).
 
-Two materialised paths: ``written-out`` writes every projected copy to the state (the
+Two materialised paths and two factored ones (with and without the Gram form of the first layer).
+The materialised: ``written-out`` writes every projected copy to the state (the
 reference framework's layout), ``folded`` is what ``make_step`` runs on one device (a linear
 group with data coefficients leaves its copies as base + low-rank term, see ``state.Shifted``).
 
@@ -10,7 +11,8 @@ AP iterations per jitted call (one ``lax.scan``, state donated), and are timed a
 the same run; the time per iteration is the median over ``--reps`` calls divided by the
 iterations. Also printed: the state each path carries (bytes) and XLA's estimate of the peak
 memory of the compiled call (arguments + outputs + temporaries, less what is aliased), and how
-far apart the two paths' parameters end. Run: ``python benchmarks/bench_factored.py [--reps 7]``.
+far apart the two paths' parameters end, and how far each float32 path ends from materialised
+AP run in float64 for the same iterations (the rounding each path adds). Run: ``python benchmarks/bench_factored.py [--reps 7]``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def _setup(model: str, batch: int, dataset: str):
 
 def _bytes(tree) -> int:
     return sum(int(a.size) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def _drift(want: dict, got: dict) -> float:
+    """The largest relative difference between two parameter sets (max norm per parameter)."""
+    return max(float(np.abs(np.asarray(want[n], np.float64) - np.asarray(got[n], np.float64)).max()
+                     / np.abs(np.asarray(want[n], np.float64)).max()) for n in want)
 
 
 def _peak(compiled) -> int | None:
@@ -100,6 +108,7 @@ def main() -> None:
     folded = BlockProjector(sched, {"x": x, "labels": y}, lazy=True)
     plan = factored.choose(sched, "ap", "on")
     fap = factored.FactoredAP(proj, plan)
+    plain = factored.FactoredAP(proj, plan, gram=False)  # every group in the plain factored form
     values = forward_values(prog, {"x": x, **params})
     k = args.iterations
 
@@ -109,6 +118,7 @@ def main() -> None:
         Runner("folded", lambda s: algorithms.run(folded.project, 2, s, "ap", k, monitor=False)[0],
                init_state(prog, values)),
         Runner("factored", lambda s: factored.run(fap, s, k, monitor=False)[0], fap.init(values)),
+        Runner("factored-plain", lambda s: factored.run(plain, s, k, monitor=False)[0], plain.init(values)),
     ]
     for r in runners:  # warm-up: first calls touch fresh buffers
         r.call()
@@ -118,29 +128,38 @@ def main() -> None:
         for r in runners:
             r.call()
 
-    mat, _, fac = runners
+    mat, _, fac, _ = runners
     ms = {r.name: 1e3 * statistics.median(r.times) / k for r in runners}
-    drift = max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(a)).max())
-                for a, b in zip(read_parameters(proj, mat.state).values(), fap.parameters(fac.state).values()))
+    mat_params, fac_params = read_parameters(proj, mat.state), fap.parameters(fac.state)
+    drift = _drift(mat_params, fac_params)
+    total = k * (args.reps + 1)
+    proj64 = BlockProjector(sched, {"x": x, "labels": y}, dtype=jnp.float64)
+    exact = jax.jit(lambda s: read_parameters(proj64, algorithms.run(
+        proj64.project, 2, s, "ap", total, monitor=False)[0]))(init_state(prog, values, jnp.float64))
+    error = {"written-out": _drift(exact, mat_params), "factored": _drift(exact, fac_params)}
     print(f"{args.model} batch {args.batch}, {k} AP iterations per call, {args.reps} calls each, "
           f"{jax.devices()[0].platform} ({jax.device_count()} device), float32")
-    print(f"factored groups: {', '.join(plan.groups)}; variables carried as one value: {', '.join(plan.variables)}")
+    print(f"factored groups: {', '.join(plan.groups)}; variables carried as one value: {', '.join(plan.variables)}; "
+          f"in Gram form: {', '.join(fap.gram) or 'none'}")
     head = ("path", "ms/iteration", "min", "max", "state MiB", "XLA peak MiB", "compile s")
-    print("{:<13} {:>12} {:>8} {:>8} {:>10} {:>13} {:>10}".format(*head))
+    print("{:<15} {:>12} {:>8} {:>8} {:>10} {:>13} {:>10}".format(*head))
     for r in runners:
         per = [1e3 * t / k for t in r.times]
         peak = f"{r.peak / 2**20:13.1f}" if r.peak is not None else f"{'n/a':>13}"
-        print(f"{r.name:<13} {ms[r.name]:12.2f} {min(per):8.2f} {max(per):8.2f} {r.state_bytes / 2**20:10.2f} "
+        print(f"{r.name:<15} {ms[r.name]:12.2f} {min(per):8.2f} {max(per):8.2f} {r.state_bytes / 2**20:10.2f} "
               f"{peak} {r.compile_s:10.1f}")
     ratio = ms["written-out"] / ms["factored"]
-    print(f"speed-up (median): {ratio:.1f}x over written-out copies, {ms['folded'] / ms['factored']:.1f}x over folded; "
+    print(f"speed-up (median): {ratio:.1f}x over written-out copies, {ms['folded'] / ms['factored']:.1f}x over folded, "
+          f"{ms['factored-plain'] / ms['factored']:.2f}x over factored without the Gram form; "
           f"state {mat.state_bytes / fac.state_bytes:.0f}x smaller; "
-          f"parameters after {k * (args.reps + 1)} iterations differ by {drift:.1e} (relative, max)")
+          f"parameters after {total} iterations differ by {drift:.1e} (relative, max)")
+    print(f"distance to float64 materialised AP after {total} iterations (relative, max): "
+          f"written-out {error['written-out']:.1e}, factored {error['factored']:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "batch": args.batch, "iterations_per_call": k, "reps": args.reps,
             "ms_per_iteration": ms, "speedup": ratio, "speedup_over_folded": ms["folded"] / ms["factored"],
-            "parameter_drift": drift,
+            "parameter_drift": drift, "error_vs_float64": error,
             "state_bytes": {r.name: r.state_bytes for r in runners},
             "xla_peak_bytes": {r.name: r.peak for r in runners},
             "times_s": {r.name: r.times for r in runners}}, indent=2))

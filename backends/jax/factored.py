@@ -33,6 +33,16 @@ copies that stay materialised, not the big copies: ``O(BN + NM + BM)`` per dense
 4. every copied variable is produced in block 1 (by a group, a parameter consensus or a data
    clamp): guaranteed by the two-colouring, checked anyway.
 
+**Gram form of a data layer.** A linear group ``y = c.x + d`` whose ``c`` is data (an
+``(n, N)`` matrix ``X``, fixed for the minibatch) and whose ``x`` is a parameter copied nowhere
+else, through a one-to-one map onto an ``(m, N)`` matrix ``M``, moves ``M`` by ``K^T X / n`` per
+iteration (the consensus of ``n`` copies). With ``A_k`` the sum of the ``K``s so far,
+``M_k = M_0 + A_k^T X / n`` and ``X M_k^T = X M_0^T + G A_k / n``, ``G = X X^T``: one
+``(n, n) x (n, m)`` product per iteration instead of ``X M^T`` and ``K^T X`` (each
+``n m N``), with ``G`` and ``X M_0^T`` formed once per minibatch and ``M`` only when read out.
+The residual's ``n |K^T X / n|^2`` is ``sum(K * G K) / n`` from the same product. It is used
+where it saves work, ``n <= N`` (a dense first layer at a batch no larger than its input width).
+
 Every other constraint keeps its materialised copies and its ordinary projection. The
 iterates equal materialised AP's up to rounding. The path needs the ``ap`` algorithm, a
 two-block schedule and one device.
@@ -301,30 +311,79 @@ def _dot(fg: FactoredGroup, rows, cols, z, w, compat):
             fg.col.role: Projected(cols, rows, s.T, d.T, e_col.T, NearPairs(j, i, valid, col_copies))}, z2
 
 
+def _linear_solve(fg: FactoredGroup, c, p, y, w, d_offset):
+    """The scalar part of a linear group: ``(K, y')`` from ``p = c.x`` per pair."""
+    cc = jnp.sum(c * c, 1)
+    cc = cc[None, :] if fg.row.role == "x" else cc[:, None]
+    k = (y - p - d_offset) / (1 + w * cc)
+    return jnp.broadcast_to(w * k, k.shape), y - k
+
+
+def _linear_side(fg: FactoredGroup, rows, cols, big_k) -> Projected:
+    one = jnp.ones_like(big_k)
+    if fg.row.role == "x":
+        return Projected(rows, cols, one, big_k, jnp.zeros_like(big_k))
+    return Projected(cols, rows, one.T, big_k.T, jnp.zeros_like(big_k.T))
+
+
 def _linear(fg: FactoredGroup, rows, cols, y, w, d_offset):
     """A factored linear group ``y = c.x + d``: x's copies move by ``K_ij c``."""
-    x_is_row = fg.row.role == "x"
-    c = cols if x_is_row else rows
-    cc = jnp.sum(c * c, 1)
-    cc = cc[None, :] if x_is_row else cc[:, None]
-    k = (y - _mm(rows, cols.T) - d_offset) / (1 + w * cc)
-    big_k = jnp.broadcast_to(w * k, k.shape)
-    one = jnp.ones_like(big_k)
-    side = Projected(rows, cols, one, big_k, jnp.zeros_like(big_k)) if x_is_row else \
-        Projected(cols, rows, one.T, big_k.T, jnp.zeros_like(big_k.T))
-    return {"x": side}, y - k
+    c = cols if fg.row.role == "x" else rows
+    big_k, y2 = _linear_solve(fg, c, _mm(rows, cols.T), y, w, d_offset)
+    return {"x": _linear_side(fg, rows, cols, big_k)}, y2
+
+
+@dataclasses.dataclass(frozen=True)
+class GramGroup:
+    """A factored linear group run in Gram form (module docstring): ``x`` side ``var`` is held
+    as ``M_0 + A^T X / n`` with ``A`` in (data rows, parameter rows) orientation."""
+
+    group: FactoredGroup
+    var: str
+    n: int  # rows of the data matrix X: the copies of each entry of M
+
+    @property
+    def x_is_row(self) -> bool:
+        return self.group.row.role == "x"
+
+    def to_group(self, a: jax.Array) -> jax.Array:
+        """(data rows, parameter rows) -> the group's (rows, columns) orientation."""
+        return a.T if self.x_is_row else a
+
+
+def gram_group(prog: Program, fg: FactoredGroup, itemsize: int = 4) -> GramGroup | None:
+    """The group in Gram form, or None where that is not exact or would not save work."""
+    if fg.kind != "linear":
+        return None
+    x_side, c_side = (fg.row, fg.col) if fg.row.role == "x" else (fg.col, fg.row)
+    var = prog.variables[x_side.var]
+    copies = prog.copies_of(x_side.var)
+    if var.kind is not VarKind.PARAM or len(copies) != 1 or copies[0][0].name != fg.name:
+        return None
+    if x_side.prefix.shape[0] * x_side.prefix.shape[1] != var.size or np.any(x_side.prefix.counts() != 1):
+        return None  # M must be the parameter itself, reshaped or permuted
+    n, width = c_side.prefix.shape
+    if n > width or n * n * itemsize > 2**28:
+        return None
+    return GramGroup(fg, x_side.var, n)
 
 
 # --- the factored iteration -------------------------------------------------------------------
 
 
 class FactoredAP:
-    """AP over a factored state ``{"copies": materialised slots, "values": factored variables}``."""
+    """AP over a factored state ``{"copies": materialised slots, "values": factored variables,
+    "gram": per Gram-form group its matrices}``; ``gram=False`` keeps every group in the
+    plain factored form (tests compare the two)."""
 
-    def __init__(self, projector: BlockProjector, the_plan: Plan):
+    def __init__(self, projector: BlockProjector, the_plan: Plan, gram: bool = True):
         self.proj, self.plan = projector, the_plan
         prog = self.prog = projector.prog
         self.dtype = projector.dtype
+        itemsize = jnp.dtype(self.dtype).itemsize
+        found = {name: gram_group(prog, fg, itemsize) for name, fg in the_plan.groups.items()} if gram else {}
+        self.gram = {name: g for name, g in found.items() if g is not None}
+        self._gram_vars = {g.var: g for g in self.gram.values()}
         factored_slots = {(g, s.role) for g in the_plan.groups for s in (the_plan.groups[g].row,
                                                                           the_plan.groups[g].col)}
         self._materialised = {v: [(slot_key(g.name, s), s) for g, s in prog.copies_of(v)
@@ -359,16 +418,38 @@ class FactoredAP:
         """The forward-pass state: every copy equals its variable."""
         copies = {k: send(s.imap, jnp.asarray(values[s.var], self.dtype))
                   for v in self.prog.variables for k, s in self._materialised[v]}
-        return {"copies": copies, "values": {v: jnp.asarray(values[v], self.dtype) for v in self.plan.variables}}
+        values = {v: jnp.asarray(values[v], self.dtype) for v in self.plan.variables}
+        return {"copies": copies, "values": values,
+                "gram": {name: self._gram_start(g, values) for name, g in self.gram.items()}}
+
+    def _gram_start(self, g: GramGroup, values) -> dict:
+        """A Gram-form group's per-minibatch matrices (``values`` hold ``M_0``) and zero sums."""
+        fg = g.group
+        rows, cols = self._matrix(fg.row, values), self._matrix(fg.col, values)
+        data = cols if g.x_is_row else rows
+        zero = jnp.zeros((g.n, rows.shape[0] if g.x_is_row else cols.shape[0]), self.dtype)
+        # "a": A, "ga": G A, "k"/"gk": the last iteration's K and G K (the residual's)
+        return {"g": _mm(data, data.T), "p0": _mm(rows, cols.T), "a": zero, "ga": zero, "k": zero, "gk": zero}
+
+    def values(self, state: dict) -> dict:
+        """Every factored variable's value, the Gram-form parameters formed from ``M_0 + A^T X / n``."""
+        values = dict(state["values"])
+        for name, g in self.gram.items():
+            fg = g.group
+            data = self._matrix(fg.col if g.x_is_row else fg.row, values)
+            side = fg.row if g.x_is_row else fg.col
+            moved = _mm(state["gram"][name]["a"].T, data) / g.n
+            values[g.var] = values[g.var] + gather(side.prefix, moved, self.dtype)
+        return values
 
     def materialise(self, state: dict) -> dict:
         """The full state (every copy slot) this factored state stands for (tests, small programs)."""
-        full = dict(state["copies"])
+        full, values = dict(state["copies"]), self.values(state)
         for g in self.plan.groups.values():
             for side in (g.row, g.col):
                 if side.copy:
                     slot = next(s for s in self.prog.groups[g.name].slots if s.role == side.role)
-                    full[slot_key(g.name, slot)] = send(slot.imap, state["values"][side.var])
+                    full[slot_key(g.name, slot)] = send(slot.imap, values[side.var])
         return full
 
     # consensus and broadcast -------------------------------------------------------------------
@@ -384,7 +465,7 @@ class FactoredAP:
 
     def parameters(self, state: dict) -> dict[str, jax.Array]:
         """Parameters read out the materialised way: the consensus of their copies."""
-        totals = self._totals_at(state["values"])
+        totals = self._totals_at(self.values(state))
         return {v: self.consensus(state["copies"], totals, v)
                 for v, var in self.prog.variables.items() if var.kind is VarKind.PARAM}
 
@@ -399,6 +480,23 @@ class FactoredAP:
     def _matrix(self, side: Side, values) -> jax.Array:
         source = values[side.var] if side.copy else self.proj.data[side.var]
         return send(side.prefix, jnp.asarray(source, self.dtype))
+
+    def _gram_group(self, g: GramGroup, copies, state, new, shadow: bool):
+        """Project a Gram-form group: its output's copies written; ``K`` (data orientation) and,
+        for the violation, the x side as :func:`_linear` gives it."""
+        fg = g.group
+        d_offset = jnp.asarray(self.prog.groups[fg.name].attrs.get("d", 0.0), self.dtype)
+        mats = state["gram"][fg.name]
+        data = self._matrix(fg.col if g.x_is_row else fg.row, state["values"])
+        y = self.consensus(copies, {}, fg.out)
+        p = mats["p0"] + g.to_group(mats["ga"]) / g.n
+        big_k, y2 = _linear_solve(fg, data, p, y, self.proj.weight(fg.out), d_offset)
+        self._broadcast(fg.out, y2, new, {})
+        if not shadow:
+            return g.to_group(big_k), None
+        values = self.values(state)
+        side = _linear_side(fg, self._matrix(fg.row, values), self._matrix(fg.col, values), big_k)
+        return g.to_group(big_k), side
 
     def _factored_group(self, fg: FactoredGroup, copies, values, new):
         """Project one factored group: its output's copies written, its sides returned."""
@@ -425,14 +523,18 @@ class FactoredAP:
             new[slot_key(group.name, slot)] = value
         self._broadcast(group.out, y2, new, new_values)
 
-    def project_first(self, state: dict):
+    def project_first(self, state: dict, shadow_sides: bool = False):
         """``P_0`` on a state whose factored copies are equal: the new materialised copies, the
-        factored copies' sums per variable (``G^T`` of the projected copies), and the projected
-        sides (for the violation)."""
+        factored copies' sums per variable (``G^T`` of the projected copies), the Gram-form
+        groups' ``K``s, and (``shadow_sides``) the projected sides for the violation."""
         copies, values = state["copies"], state["values"]
-        new, totals, shadow = dict(copies), {}, {}
+        new, totals, shadow, steps = dict(copies), {}, {}, {}
         for node in self.proj.nodes(0):
-            if node in self.plan.groups:
+            if node in self.gram:
+                steps[node], side = self._gram_group(self.gram[node], copies, state, new, shadow_sides)
+                if shadow_sides:
+                    shadow[(node, "x")] = side
+            elif node in self.plan.groups:
                 fg = self.plan.groups[node]
                 sides = self._factored_group(fg, copies, values, new)
                 for side in (fg.row, fg.col):
@@ -444,18 +546,25 @@ class FactoredAP:
                 self._group(self.prog.groups[node], copies, {}, new, {})
             else:
                 self._node(node, copies, {}, new, {})
-        return new, totals, shadow
+        return new, totals, shadow, steps
 
-    def project_second(self, copies, totals) -> dict:
+    def project_second(self, copies, totals, state: dict, steps) -> dict:
         """``P_1``: every group, parameter and data clamp of block 1; factored variables are
-        written once, as the value all their copies take."""
+        written once, as the value all their copies take; a Gram-form parameter's consensus is
+        ``A += K`` (its base ``M_0`` stays in ``values``)."""
         new, values = dict(copies), {}
         for node in self.proj.nodes(1):
             if node in self.prog.groups:
                 self._group(self.prog.groups[node], copies, totals, new, values)
-            else:
+            elif node.split(":", 1)[1] not in self._gram_vars:
                 self._node(node, copies, totals, new, values)
-        return {"copies": new, "values": values}
+        gram = {}
+        for name, g in self.gram.items():
+            mats, k = state["gram"][name], steps[name]
+            gk = _mm(mats["g"], k)
+            values[g.var] = state["values"][g.var]
+            gram[name] = {**mats, "a": mats["a"] + k, "ga": mats["ga"] + gk, "k": k, "gk": gk}
+        return {"copies": new, "values": values, "gram": gram}
 
     def _node(self, node, copies, totals, new, values) -> None:
         kind, var = node.split(":", 1)
@@ -464,7 +573,8 @@ class FactoredAP:
 
     def iterate(self, state: dict) -> dict:
         """One AP iteration ``P_1(P_0(x))``."""
-        return self.project_second(*self.project_first(state)[:2])
+        copies, totals, _, steps = self.project_first(state)
+        return self.project_second(copies, totals, state, steps)
 
     # diagnostics --------------------------------------------------------------------------------
 
@@ -473,19 +583,25 @@ class FactoredAP:
         counted once per copy."""
         sq = jnp.square(distance(new["copies"], old["copies"])) if new["copies"] else 0.0
         for v in self.plan.variables:
+            if v in self._gram_vars:  # n |K^T X / n|^2 = tr(K^T G K) / n, K = A_new - A_old
+                g = self._gram_vars[v]
+                mats = new["gram"][g.group.name]
+                sq = sq + jnp.maximum(jnp.sum(mats["k"] * mats["gk"]), 0) / g.n
+                continue
             diff = new["values"][v] - old["values"][v]
             sq = sq + jnp.sum(jnp.asarray(self._factored_counts[v], self.dtype) * diff * diff)
         return jnp.sqrt(sq)
 
     def violation(self, state: dict) -> jax.Array:
         """``|P_1(s) - s|`` at the shadow ``s = P_0(x)``, as :func:`algorithms.violation`."""
-        copies, totals, shadow = self.project_first(state)
-        after = self.project_second(copies, totals)
+        copies, totals, shadow, steps = self.project_first(state, shadow_sides=True)
+        after = self.project_second(copies, totals, state, steps)
+        after_values = self.values(after)
         sq = jnp.square(distance(after["copies"], copies)) if copies else 0.0
         for (name, role), side in shadow.items():
             fg = self.plan.groups[name]
             spec = fg.row if fg.row.role == role else fg.col
-            sq = sq + side.deviation(self._matrix(spec, after["values"]))
+            sq = sq + side.deviation(self._matrix(spec, after_values))
         return jnp.sqrt(sq)
 
 
@@ -524,5 +640,5 @@ def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector,
     return step
 
 
-__all__ = ["FactoredAP", "FactoredGroup", "MODES", "Plan", "Side", "choose", "factor_group", "plan", "run",
-           "step_function"]
+__all__ = ["MODES", "FactoredAP", "FactoredGroup", "GramGroup", "Plan", "Side", "choose", "factor_group",
+           "gram_group", "plan", "run", "step_function"]

@@ -5,7 +5,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from projc.backends.jax import algorithms, factored
 from projc.backends.jax.iterate import BlockProjector, read_parameters
@@ -25,8 +27,8 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 ITERATIONS = 6
 
 
-def _setup(name: str, batch: int, colouring: str = "two-sets"):
-    model = load_model(MODELS / f"{name}.onnx", batch_size=batch)
+def _setup(name: str | Path, batch: int, colouring: str = "two-sets"):
+    model = load_model(name if isinstance(name, Path) else MODELS / f"{name}.onnx", batch_size=batch)
     prog = lower(model)
     bipartize(prog)
     params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
@@ -45,7 +47,7 @@ def _minibatch(prog, seed=0):
     return x, np.eye(classes[-1], dtype=np.float32)[rng.integers(0, classes[-1], classes[:-1])]
 
 
-def _both(name, batch, dtype, compat=False):
+def _both(name, batch, dtype, compat=False, gram=True):
     """Materialised and factored AP from the same forward state: (params, residuals, violation,
     full final state) of each, and the factored AP object."""
     prog, sched, params = _setup(name, batch)
@@ -57,7 +59,7 @@ def _both(name, batch, dtype, compat=False):
         final, res = algorithms.run(proj.project, 2, s, "ap", ITERATIONS)
         return read_parameters(proj, final), res, algorithms.violation(proj.project, 2, final), final
 
-    fap = factored.FactoredAP(proj, factored.plan(sched))
+    fap = factored.FactoredAP(proj, factored.plan(sched), gram=gram)
 
     def factored_ap(s):
         final, res = factored.run(fap, s, ITERATIONS)
@@ -134,6 +136,45 @@ def test_factored_iterates_equal_materialised_ap_in_float64(name):
 def test_factored_iterates_are_close_in_float32(name):
     mat, fac, _, params = _both(name, 32, jnp.float32)
     _assert_same(mat, fac, params, 2e-4)
+
+
+def _transposed_mlp(path: Path, batch: int) -> Path:
+    """An MLP whose first layer is ``(W0 x^T)^T``: the parameter on the group's row side."""
+    rng = np.random.default_rng(0)
+    arr = lambda *shape: rng.standard_normal(shape).astype(np.float32) / np.sqrt(shape[-1])  # noqa: E731
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             ((arr(6, 16), "W0"), (arr(6), "b0"), (arr(6, 10), "W1"), (arr(10), "b1"))]
+    nodes = [helper.make_node("Gemm", ["W0", "x"], ["ht"], transB=1),
+             helper.make_node("Transpose", ["ht"], ["h"], perm=[1, 0]),
+             helper.make_node("Add", ["h", "b0"], ["hb"]), helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "W1"], ["z"]), helper.make_node("Add", ["z", "b1"], ["logits"])]
+    graph = helper.make_graph(nodes, "transposed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_data_layer_runs_in_gram_form_where_that_saves_work():
+    prog, sched, _ = _setup("mlp_digits", 32)  # 32 rows of data, 64 wide: G = X X^T is smaller
+    fap = factored.FactoredAP(BlockProjector(sched, {}), factored.plan(sched))
+    assert set(fap.gram) == {"linear_0"} and fap.gram["linear_0"].var == "fc1.weight"
+    assert fap.gram["linear_0"].n == 32
+    prog, sched, _ = _setup("mlp_digits", 128)  # 128 rows > 64: the plain factored form is cheaper
+    assert factored.gram_group(prog, factored.plan(sched).groups["linear_0"]) is None
+    assert not factored.FactoredAP(BlockProjector(sched, {}), factored.plan(sched)).gram
+
+
+@pytest.mark.parametrize("model", ["mlp_mnist_128", "residual_mlp_digits", "transposed"])
+def test_gram_form_iterates_equal_the_plain_factored_ones_and_materialised_ap(model, tmp_path):
+    name = _transposed_mlp(tmp_path / "t.onnx", 8) if model == "transposed" else model
+    gram, plain = _both(name, 8, jnp.float64), _both(name, 8, jnp.float64, gram=False)
+    assert gram[2].gram and not plain[2].gram
+    if model == "transposed":
+        assert gram[2].gram["linear_0"].x_is_row
+    _assert_same(gram[0], gram[1], gram[3], 1e-5)  # against materialised AP
+    for got, want in zip(gram[1][:3], plain[1][:3]):  # parameters, residuals, violation
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert _rel(a, b) < 1e-9
 
 
 def test_pjax_compatible_operators_factor_too():
