@@ -5,7 +5,8 @@ For each (model, algorithm) it prints and records:
   part of it spent tracing and lowering, and the number of kernels XLA emits (deterministic,
   unlike the times; see ``kernel_count``);
 - time per iteration: the median over repeats of ``--iterations`` iterations run in one
-  compiled ``lax.scan`` from a forward-pass state, divided by the count;
+  compiled ``lax.scan`` from a forward-pass state, divided by the count; for AP also the
+  factored iteration (backends/jax/factored.py) where it applies, which is what the step runs;
 - state bytes, and XLA's cost analysis of one iteration (bytes accessed, flops);
 - memory of the compiled step (arguments, outputs and temporaries, from XLA's memory analysis);
 - the bandwidth ratio: time per iteration over the time of streaming the state once in and
@@ -32,7 +33,7 @@ from pathlib import Path
 import jax
 
 import projc
-from projc.backends.jax import algorithms
+from projc.backends.jax import algorithms, factored
 from projc.backends.jax.iterate import BlockProjector
 from projc.backends.jax.program_forward import forward_values
 from projc.backends.jax.state import init_state
@@ -133,6 +134,7 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False,
                                            storage=storage)[0])
     per_iteration = _median_time(run, state, repeats=repeats) / iterations
+    factored_s = _factored_iteration(case, sched, xb, lb, program.params, iterations, repeats)
     one = jax.jit(lambda s: algorithms.get(case.algorithm).iterate(proj.project, s, proj.blocks,
                                                                     {"lam": 0.5, "beta": 1.0}))
     cost = one.lower(state).compile().cost_analysis()
@@ -146,7 +148,7 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     return {
         "case": case.name, "model": case.model, "algorithm": case.algorithm, "batch": case.batch,
         "compile_s": compile_s, "trace_s": trace_s, "kernels": kernel_count(compiled_step),
-        "iteration_s": per_iteration, "copy_s": copy_s,
+        "iteration_s": per_iteration, "factored_iteration_s": factored_s, "copy_s": copy_s,
         "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
         "bytes_accessed_per_iteration": float(cost.get("bytes accessed", float("nan"))),
         "flops_per_iteration": float(cost.get("flops", float("nan"))),
@@ -156,9 +158,24 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     }
 
 
+def _factored_iteration(case, sched, xb, lb, params, iterations: int, repeats: int) -> float | None:
+    """Seconds per factored AP iteration on the same minibatch, or None where it does not apply."""
+    plan = factored.choose(sched, case.algorithm, "auto") if case.state_dtype == "float32" else None
+    if not plan:
+        return None
+    prog = sched.program
+    data_var, label_var, _ = io_names(prog)
+    fap = factored.FactoredAP(BlockProjector(sched).with_data({data_var: xb, label_var: lb}), plan)
+    state = jax.jit(lambda p: fap.init(forward_values(prog, {data_var: xb, **p})))(params)
+    run = jax.jit(lambda s: factored.run(fap, s, iterations, monitor=False)[0])
+    return _median_time(run, state, repeats=repeats) / iterations
+
+
 def _row(r: dict) -> str:
     mib = 1 / 2 ** 20
-    return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s (trace {r['trace_s']:4.2f} s, {r['kernels']} kernels)  iteration {1e3 * r['iteration_s']:8.2f} ms  "
+    fac = r.get("factored_iteration_s")
+    fac = f" (factored {1e3 * fac:.2f} ms)" if fac else ""
+    return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s (trace {r['trace_s']:4.2f} s, {r['kernels']} kernels)  iteration {1e3 * r['iteration_s']:8.2f} ms{fac}  "
             f"copy {1e3 * r['copy_s']:6.2f} ms  ratio {r['bandwidth_ratio']:5.1f}  state {r['state_bytes'] * mib:7.1f} MiB  "
             f"XLA bytes/iter {r['bytes_accessed_per_iteration'] * mib:8.1f} MiB ({r['bytes_accessed_per_iteration'] / r['state_bytes']:.1f} states)  "
             f"step memory {r['step_memory_bytes'] * mib:7.1f} MiB")
