@@ -30,6 +30,7 @@ AlgorithmOpt = typer.Option(None, "--algorithm", "-a", help=f"{', '.join(ALGORIT
 IterationsOpt = typer.Option(None, "--iterations", "-i", help="Iterations per minibatch [default: 50].")
 LambdaOpt = typer.Option(None, "--lambda", help="Douglas-Rachford relaxation in (0, 1] [default: 0.5].")
 BetaOpt = typer.Option(None, "--beta", help="Difference-map beta [default: 1].")
+RelaxOpt = typer.Option(None, "--relax", help="Alternating projections' relaxation x + R (P1 P0 x - x), R in (0, 2) [default: 1].")
 LossLambdaOpt = typer.Option(None, "--loss-lambda", help="Weight of the loss in its proximal operator [default: 5].")
 CompatOpt = typer.Option(None, "--pjax-compat/--exact", help="The reference framework PJAX's operators, for comparison [default: exact].")
 LogitsOpt = typer.Option(None, "--logits", help="The value the loss acts on (default: the output, head stripped).")
@@ -42,12 +43,12 @@ ProcessIdOpt = typer.Option(None, "--process-id", help="Multi-process: this proc
 
 
 def _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                     devices=None, model_parallel=None, state_dtype=None) -> dict:
+                     devices=None, model_parallel=None, state_dtype=None, relax=None) -> dict:
     """The compile flags the user gave (None = not given)."""
     given = {"batch_size": batch_size, "dims": _parse_dims(dim) or None, "loss": loss, "algorithm": algorithm,
              "iterations": iterations, "lam": lam, "beta": beta, "loss_lambda": loss_lambda,
              "pjax_compat": pjax_compat, "logits": logits, "devices": devices, "model_parallel": model_parallel,
-             "state_dtype": state_dtype}
+             "state_dtype": state_dtype, "relax": relax}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -132,6 +133,7 @@ def compile_(
     iterations: Optional[int] = IterationsOpt,
     lam: Optional[float] = LambdaOpt,
     beta: Optional[float] = BetaOpt,
+    relax: Optional[float] = RelaxOpt,
     loss_lambda: Optional[float] = LossLambdaOpt,
     pjax_compat: Optional[bool] = CompatOpt,
     logits: Optional[str] = LogitsOpt,
@@ -144,7 +146,7 @@ def compile_(
     """Compile an ONNX model into a self-contained projection program (an artifact directory
     that `projc train` runs without the source model)."""
     options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                               devices, model_parallel, state_dtype)
+                               devices, model_parallel, state_dtype, relax)
     program = _compile(model, options)
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
     if emit is not None:
@@ -206,6 +208,7 @@ def train(
     iterations: Optional[int] = IterationsOpt,
     lam: Optional[float] = LambdaOpt,
     beta: Optional[float] = BetaOpt,
+    relax: Optional[float] = RelaxOpt,
     loss_lambda: Optional[float] = LossLambdaOpt,
     pjax_compat: Optional[bool] = CompatOpt,
     logits: Optional[str] = LogitsOpt,
@@ -221,7 +224,7 @@ def train(
     from projc.datasets import load_dataset
 
     options = _compile_options(batch_size, dim, loss, algorithm, iterations, lam, beta, loss_lambda, pjax_compat, logits,
-                               devices, model_parallel, state_dtype)
+                               devices, model_parallel, state_dtype, relax)
     rank = _distributed(coordinator, num_processes, process_id)
     if rank is not None and "devices" not in options:
         import jax

@@ -571,10 +571,27 @@ class FactoredAP:
         value = self.consensus(copies, totals, var) if kind == "param" else self.proj.data[var]
         self._broadcast(var, jnp.asarray(value, self.dtype), new, values)
 
-    def iterate(self, state: dict) -> dict:
-        """One AP iteration ``P_1(P_0(x))``."""
+    def iterate(self, state: dict, relax: float = 1.0) -> dict:
+        """One AP iteration ``P_1(P_0(x))``; with ``relax`` r, ``x + r (P_1(P_0(x)) - x)``.
+
+        Both ends of the relaxed step hold equal copies of every factored variable, so their
+        combination does too: the factored form stays exact (Gram form: ``A += r K``)."""
         copies, totals, _, steps = self.project_first(state)
-        return self.project_second(copies, totals, state, steps)
+        new = self.project_second(copies, totals, state, steps)
+        if relax == 1.0:
+            return new
+
+        def mix(old, value):
+            return old + relax * (value - old)
+
+        gram = {}
+        for name, mats in new["gram"].items():
+            k, gk = relax * mats["k"], relax * mats["gk"]
+            a, ga = state["gram"][name]["a"] + k, state["gram"][name]["ga"] + gk
+            gram[name] = {**mats, "a": a, "ga": ga, "k": k, "gk": gk}
+        return {"copies": {key: mix(state["copies"][key], v) for key, v in new["copies"].items()},
+                "values": {var: mix(state["values"][var], v) for var, v in new["values"].items()},
+                "gram": gram}
 
     # diagnostics --------------------------------------------------------------------------------
 
@@ -605,13 +622,15 @@ class FactoredAP:
         return jnp.sqrt(sq)
 
 
-def run(fap: FactoredAP, state: dict, iterations: int, *, monitor: bool | str = True) -> tuple[dict, jax.Array]:
-    """``iterations`` factored AP iterations in one ``lax.scan``, with the residuals of the
-    materialised state as ``algorithms.run`` gives them for ``monitor`` (every iteration's,
-    ``"last"``, or none). The factored residuals are cheap, so "last" keeps the last of all."""
+def run(fap: FactoredAP, state: dict, iterations: int, *, monitor: bool | str = True,
+        relax: float = 1.0) -> tuple[dict, jax.Array]:
+    """``iterations`` factored AP iterations (relaxed by ``relax``) in one ``lax.scan``, with the
+    residuals of the materialised state as ``algorithms.run`` gives them for ``monitor`` (every
+    iteration's, ``"last"``, or none). The factored residuals are cheap, so "last" keeps the
+    last of all."""
 
     def body(x, _):
-        new = fap.iterate(x)
+        new = fap.iterate(x, relax)
         return new, (fap.residual(new, x) if monitor else None)
 
     final, residuals = lax.scan(body, state, None, length=iterations)
@@ -629,7 +648,7 @@ def step_function(schedule: Schedule, the_plan: Plan, projector: BlockProjector,
     def step(params, x, labels):
         f = fap.with_data({data: x, label: labels})
         state = f.init(forward_values(prog, {data: x, **params}))
-        final, residuals = run(f, state, config.iterations, monitor=config.residuals)
+        final, residuals = run(f, state, config.iterations, monitor=config.residuals, relax=config.relax)
         new = f.parameters(final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))
         stats = {"residuals": residuals, "finite": finite}

@@ -42,6 +42,7 @@ class StepConfig:
     model_parallel: int = 1  # of those devices, how many split the neuron axis of large groups
     factored: str = "auto"  # AP without the big copies (backends/jax/factored.py): auto / on / off
     state_dtype: str = "float32"  # storage of the iterate between iterations (float32 / bfloat16)
+    relax: float = 1.0  # alternating projections' relaxation: x + relax (P_1 P_0 x - x)
 
     @property
     def residuals(self) -> bool | str:
@@ -98,7 +99,8 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         # pinning each block's output keeps the scan's carry in the planned layout
         project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
         final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,
-                                          lam=config.lam, beta=config.beta, monitor=config.residuals,
+                                          lam=config.lam, beta=config.beta, relax=config.relax,
+                                          monitor=config.residuals,
                                           storage=STATE_DTYPES[config.state_dtype])
         new = read_parameters(proj, final)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new.values()]))

@@ -47,22 +47,22 @@ def _minibatch(prog, seed=0):
     return x, np.eye(classes[-1], dtype=np.float32)[rng.integers(0, classes[-1], classes[:-1])]
 
 
-def _both(name, batch, dtype, compat=False, gram=True):
-    """Materialised and factored AP from the same forward state: (params, residuals, violation,
-    full final state) of each, and the factored AP object."""
+def _both(name, batch, dtype, compat=False, gram=True, relax=1.0):
+    """Materialised and factored AP (relaxed by ``relax``) from the same forward state: (params,
+    residuals, violation, full final state) of each, and the factored AP object."""
     prog, sched, params = _setup(name, batch)
     x, y = _minibatch(prog)
     proj = BlockProjector(sched, {"x": x, "labels": y}, dtype=dtype, compat=compat)
     values = forward_values(prog, {"x": x, **params})
 
     def materialised(s):
-        final, res = algorithms.run(proj.project, 2, s, "ap", ITERATIONS)
+        final, res = algorithms.run(proj.project, 2, s, "ap", ITERATIONS, relax=relax)
         return read_parameters(proj, final), res, algorithms.violation(proj.project, 2, final), final
 
     fap = factored.FactoredAP(proj, factored.plan(sched), gram=gram)
 
     def factored_ap(s):
-        final, res = factored.run(fap, s, ITERATIONS)
+        final, res = factored.run(fap, s, ITERATIONS, relax=relax)
         return fap.parameters(final), res, fap.violation(final), fap.materialise(final)
 
     mat = jax.jit(materialised)(init_state(prog, values, dtype))
@@ -175,6 +175,15 @@ def test_gram_form_iterates_equal_the_plain_factored_ones_and_materialised_ap(mo
     for got, want in zip(gram[1][:3], plain[1][:3]):  # parameters, residuals, violation
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             assert _rel(a, b) < 1e-9
+
+
+@pytest.mark.parametrize("model, gram", [("mlp_mnist_128", True), ("residual_mlp_digits", False)])
+def test_relaxed_factored_ap_equals_relaxed_materialised_ap(model, gram):
+    relaxed = _both(model, 8, jnp.float64, gram=gram, relax=1.7)
+    assert bool(relaxed[2].gram) == gram
+    _assert_same(relaxed[0], relaxed[1], relaxed[3], 1e-5)
+    plain = _both(model, 8, jnp.float64)[1][0]
+    assert max(_rel(relaxed[1][0][k], plain[k]) for k in plain) > 1e-3  # the relaxation changed the path
 
 
 def test_pjax_compatible_operators_factor_too():

@@ -76,6 +76,19 @@ def test_compiled_artifact_trains_in_a_new_process_without_the_source(monkeypatc
         np.testing.assert_allclose(trained[name], value, rtol=1e-3, atol=1e-4)
 
 
+def test_relaxed_ap_is_recorded_in_the_artifact(monkeypatch, capsys, tmp_path):
+    plain, relaxed = tmp_path / "plain.projc", tmp_path / "relaxed.projc"
+    assert run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(plain), "-a", "ap", "-i", "2")[0] in (0, None)
+    assert run_cli(monkeypatch, capsys, "compile", MLP, "-o", str(relaxed), "-a", "ap", "-i", "2",
+                   "--relax", "1.8")[0] in (0, None)
+    # at its default the option leaves the record as it was before it existed
+    assert "relax" not in json.loads((plain / "manifest.json").read_text())["config"]
+    assert json.loads((relaxed / "manifest.json").read_text())["config"]["relax"] == 1.8
+    from projc.artifact import load
+
+    assert load(relaxed).config.relax == 1.8
+
+
 def test_resume_continues_a_run_exactly(tmp_path):
     data = projc.load_dataset("digits")
     ck = tmp_path / "ck.npz"
@@ -162,6 +175,8 @@ def _npz(path, n, features=64, classes=10):
     (("-d", "digits", "--resume"), "--resume needs --checkpoint"),
     (("-d", "digits", "--algorithm", "sgd"), "expected one of"),
     (("-d", "digits", "--lambda", "1.5"), "(0, 1]"),
+    (("-d", "digits", "-a", "ap", "--relax", "2"), "--relax 2.0: the relaxation must lie in (0, 2)"),
+    (("-d", "digits", "--relax", "1.5"), "relaxes alternating projections (-a ap), not 'dr'"),
     (("-d", "digits", "--state-dtype", "float16"), "--state-dtype 'float16': expected one of float32, bfloat16"),
 ])
 def test_bad_training_input_exits_2(monkeypatch, capsys, tmp_path, args, message):
