@@ -164,6 +164,18 @@ def test_wright_omega_solves_its_equation_everywhere(dtype):
     np.testing.assert_allclose(w[~live], np.exp(z[~live].astype(float)), rtol=1e-3, atol=1e3 * np.finfo(dtype).tiny)
 
 
+def test_wright_omega_in_float32_is_the_float64_value_rounded():
+    """Two fourth-order steps in float32: within a few ulp of the float64 value everywhere."""
+    import jax.numpy as jnp
+
+    from projc.backends.jax.projections.losses import wright_omega
+
+    z = np.concatenate([np.linspace(-80, 80, 200_001), np.geomspace(1e-6, 1e18, 20_000)]).astype(np.float32)
+    got = np.asarray(wright_omega(jnp.asarray(z))).astype(float)
+    want = np.asarray(wright_omega(jnp.asarray(z.astype(np.float64))))
+    assert np.max(np.abs(got - want) / want) < 16 * np.finfo(np.float32).eps
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_settles_in_few_newton_steps_for_extreme_queries(dtype, monkeypatch):
     """Monotone Newton from its start settles every row of extreme batches (loss weights 1e-3
