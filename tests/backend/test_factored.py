@@ -231,6 +231,25 @@ def test_near_equal_pairs_keep_float32_accuracy():
     assert abs(float(got) - want) < 1e-4 * want
 
 
+@pytest.mark.parametrize("near", [3, 40])
+def test_near_pairs_are_all_the_near_ones_or_the_worst_k(near):
+    """At most k = max(R, C) near pairs: exactly those; more: the k of least min(U, V) / q."""
+    rng = np.random.default_rng(near)
+    rows, cols = 16, 8
+    q = rng.uniform(1, 2, (rows, cols))
+    small = rng.uniform(0.1, 2, (rows, cols))
+    flat = rng.permutation(rows * cols)[:near]
+    small.flat[flat] = rng.uniform(1e-6, 1e-3, near)  # ratio below _NEAR = 1e-2
+    i, j, valid = (np.asarray(t) for t in jax.jit(factored._near_pairs)(None, None, small * q, 9 * q, q))
+    got = {(a, b) for a, b, v in zip(i, j, valid) if v}
+    ratio = small.ravel()
+    if near <= rows:
+        assert got == {divmod(int(f), cols) for f in flat}
+        assert np.all(i[~valid] == rows)  # unused entries point past the last row
+    else:
+        assert got == {divmod(int(f), cols) for f in np.argsort(ratio)[:rows]}
+
+
 def test_make_step_selects_the_factored_path_for_ap():
     prog, sched, params = _setup("mlp_digits", 32)
     x, y = _minibatch(prog, seed=1)
