@@ -271,18 +271,19 @@ class NearPairs:
 
 
 def _near_pairs(rows, cols, big_u, big_v, q):
-    """Up to k = max(R, C) pairs prone to cancellation: indices ``(i, j)`` and which are real.
+    """Up to k = max(R, C) pairs prone to cancellation: indices ``(i, j)`` and which are real,
+    the k of least ``min(U, V) / q``.
 
-    Where at most k pairs are near (nearly always), they are found in one pass (``nonzero``);
-    the unused entries point one past the last row, where gathers clamp and scatters drop.
-    Otherwise the k worst, by ``top_k``: XLA-CPU's TopK over the 256 x 10 pairs of an MNIST
-    output layer took 70 us, a tenth of a factored AP iteration."""
+    Usually no pair is near: then ``top_k`` is skipped (under ``lax.cond``) and every entry
+    points one past the last row, where gathers clamp and scatters drop. XLA-CPU's TopK over
+    the 256 x 10 pairs of an MNIST output layer takes about 70 us, a tenth of a factored AP
+    iteration (a ``nonzero`` pass is no cheaper: its cumulative sum is a quadratic
+    reduce-window on CPU)."""
     n_rows, n_cols = big_u.shape
     ratio = jnp.where(q > 0, jnp.minimum(big_u, big_v) / jnp.where(q > 0, q, 1), 1).ravel()
     k = min(n_rows * n_cols, max(n_rows, n_cols))
-    near = ratio < _NEAR
-    flat = lax.cond(jnp.sum(near) > k, lambda: lax.top_k(-ratio, k)[1].astype(jnp.int32),
-                    lambda: jnp.nonzero(near, size=k, fill_value=n_rows * n_cols)[0].astype(jnp.int32))
+    flat = lax.cond(jnp.any(ratio < _NEAR), lambda: lax.top_k(-ratio, k)[1].astype(jnp.int32),
+                    lambda: jnp.full((k,), n_rows * n_cols, jnp.int32))
     i, j = flat // n_cols, flat % n_cols
     return i, j, ratio.at[flat].get(mode="fill", fill_value=1) < _NEAR
 

@@ -231,9 +231,10 @@ def test_near_equal_pairs_keep_float32_accuracy():
     assert abs(float(got) - want) < 1e-4 * want
 
 
-@pytest.mark.parametrize("near", [3, 40])
+@pytest.mark.parametrize("near", [0, 3, 40])
 def test_near_pairs_are_all_the_near_ones_or_the_worst_k(near):
-    """At most k = max(R, C) near pairs: exactly those; more: the k of least min(U, V) / q."""
+    """At most k = max(R, C) near pairs: exactly those; more: the k of least min(U, V) / q;
+    none: every entry unused, pointing past the last row."""
     rng = np.random.default_rng(near)
     rows, cols = 16, 8
     q = rng.uniform(1, 2, (rows, cols))
@@ -243,9 +244,10 @@ def test_near_pairs_are_all_the_near_ones_or_the_worst_k(near):
     i, j, valid = (np.asarray(t) for t in jax.jit(factored._near_pairs)(None, None, small * q, 9 * q, q))
     got = {(a, b) for a, b, v in zip(i, j, valid) if v}
     ratio = small.ravel()
-    if near <= rows:
+    if near == 0:
+        assert not got and np.all(i == rows)
+    elif near <= rows:
         assert got == {divmod(int(f), cols) for f in flat}
-        assert np.all(i[~valid] == rows)  # unused entries point past the last row
     else:
         assert got == {divmod(int(f), cols) for f in np.argsort(ratio)[:rows]}
 
