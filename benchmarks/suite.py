@@ -7,10 +7,13 @@ For each (model, algorithm) it prints and records:
 - time per iteration: the median over repeats of ``--iterations`` iterations run in one
   compiled ``lax.scan`` from a forward-pass state, divided by the count; for AP also the
   factored iteration (backends/jax/factored.py) where it applies, which is what the step runs;
-- state bytes, and XLA's cost analysis of one iteration (bytes accessed, flops);
+  where the step holds a first layer's weight copies factored (``state.Lowrank``), also the
+  iteration with every copy in memory, as before that form, measured in the same run;
+- state bytes (of every copy written out, and as the step holds them), and XLA's cost
+  analysis of one iteration (bytes accessed, flops);
 - memory of the compiled step (arguments, outputs and temporaries, from XLA's memory analysis);
-- the bandwidth ratio: time per iteration over the time of streaming the state once in and
-  once out (``x * 0.5 + 1`` over every state array, iterated in a scan like the algorithm,
+- the bandwidth ratio: time per iteration over the time of streaming the state, written out,
+  once in and once out (``x * 0.5 + 1`` over every state array, iterated in a scan like the algorithm,
   measured in the same run; for a bfloat16-stored case still the float32 state, so the ratio
   shows the gain).
 
@@ -36,7 +39,7 @@ import projc
 from projc.backends.jax import algorithms, factored
 from projc.backends.jax.iterate import BlockProjector
 from projc.backends.jax.program_forward import forward_values
-from projc.backends.jax.state import init_state
+from projc.backends.jax.state import dense
 from projc.backends.jax.train_step import STATE_DTYPES, io_names
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -129,11 +132,17 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     compile_s = time.perf_counter() - start
     memory = compiled_step.memory_analysis()
 
-    proj = BlockProjector(sched, lazy=True).with_data({data_var: xb, label_var: lb})  # as make_step builds it
-    state = jax.jit(lambda p: init_state(prog, forward_values(prog, {data_var: xb, **p})))(program.params)
-    run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations, monitor=False,
-                                           storage=storage)[0])
-    per_iteration = _median_time(run, state, repeats=repeats) / iterations
+    def iteration_time(proj):
+        state = jax.jit(lambda p: proj.initial_state(forward_values(prog, {data_var: xb, **p})))(program.params)
+        run = jax.jit(lambda s: algorithms.run(proj.project, proj.blocks, s, case.algorithm, iterations,
+                                               monitor=False, storage=storage)[0])
+        return _median_time(run, state, repeats=repeats) / iterations, state
+
+    lowrank = BlockProjector(sched, lowrank=True).with_data({data_var: xb, label_var: lb})  # as make_step builds it
+    written = BlockProjector(sched, lazy=True).with_data({data_var: xb, label_var: lb})  # every copy in memory
+    per_iteration, state = iteration_time(lowrank)
+    written_s = iteration_time(written)[0] if lowrank.lowrank_slots(prog) else None
+    proj = lowrank
     factored_s = _factored_iteration(case, sched, xb, lb, program.params, iterations, repeats)
     one = jax.jit(lambda s: algorithms.get(case.algorithm).iterate(proj.project, s, proj.blocks,
                                                                     {"lam": 0.5, "beta": 1.0}))
@@ -141,15 +150,21 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
     cost = cost[0] if isinstance(cost, list) else cost
     # the copy runs in a scan as the iterations do, so its buffers are reused, not freshly
     # allocated (a fresh 50 MiB buffer costs page faults worth several passes on CPU)
+    # the copy streams the state written out (what the target's ratio is defined on), also
+    # where the step holds some of it factored
     stream = lambda s, _: (jax.tree.map(lambda v: v * 0.5 + 1, s), None)  # noqa: E731
     copy = jax.jit(lambda s: jax.lax.scan(stream, s, None, length=iterations)[0])
-    copy_s = _median_time(copy, state, repeats=repeats) / iterations
-    state_bytes = sum(v.size * v.dtype.itemsize for v in state.values())
+    full = jax.jit(lambda s: {k: dense(v) for k, v in s.items()})(state)
+    copy_s = _median_time(copy, full, repeats=repeats) / iterations
+    state_bytes = sum(v.size * v.dtype.itemsize for v in full.values())
+    del full
+    held_bytes = sum(v.size * v.dtype.itemsize for v in jax.tree.leaves(state))
     return {
         "case": case.name, "model": case.model, "algorithm": case.algorithm, "batch": case.batch,
         "compile_s": compile_s, "trace_s": trace_s, "kernels": kernel_count(compiled_step),
-        "iteration_s": per_iteration, "factored_iteration_s": factored_s, "copy_s": copy_s,
-        "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
+        "iteration_s": per_iteration, "factored_iteration_s": factored_s, "written_out_iteration_s": written_s,
+        "copy_s": copy_s, "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
+        "held_state_bytes": held_bytes,
         "bytes_accessed_per_iteration": float(cost.get("bytes accessed", float("nan"))),
         "flops_per_iteration": float(cost.get("flops", float("nan"))),
         "step_memory_bytes": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -175,8 +190,12 @@ def _row(r: dict) -> str:
     mib = 1 / 2 ** 20
     fac = r.get("factored_iteration_s")
     fac = f" (factored {1e3 * fac:.2f} ms)" if fac else ""
+    written = r.get("written_out_iteration_s")
+    fac += f" (copies written out {1e3 * written:.2f} ms)" if written else ""
+    held = r.get("held_state_bytes", r["state_bytes"])
+    held = f", held {held * mib:.1f}" if held != r["state_bytes"] else ""
     return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s (trace {r['trace_s']:4.2f} s, {r['kernels']} kernels)  iteration {1e3 * r['iteration_s']:8.2f} ms{fac}  "
-            f"copy {1e3 * r['copy_s']:6.2f} ms  ratio {r['bandwidth_ratio']:5.1f}  state {r['state_bytes'] * mib:7.1f} MiB  "
+            f"copy {1e3 * r['copy_s']:6.2f} ms  ratio {r['bandwidth_ratio']:5.1f}  state {r['state_bytes'] * mib:7.1f} MiB{held}  "
             f"XLA bytes/iter {r['bytes_accessed_per_iteration'] * mib:8.1f} MiB ({r['bytes_accessed_per_iteration'] / r['state_bytes']:.1f} states)  "
             f"step memory {r['step_memory_bytes'] * mib:7.1f} MiB")
 

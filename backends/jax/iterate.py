@@ -21,9 +21,10 @@ import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.projections.linear import linear_shift
-from projc.backends.jax.state import (Shifted, State, compact, consensus, copy_slots, dense, send, send_compact,
-                                      slot_key)
-from projc.constraints import Group, VarKind
+from projc.backends.jax.state import (Lowrank, Shifted, State, compact, consensus, copy_slots, dense, send,
+                                      send_compact, slot_key)
+from projc.constraints import Group, Slot, VarKind
+from projc.index_map import Broadcast
 from projc.passes.schedule_blocks import Schedule
 
 
@@ -32,12 +33,16 @@ class BlockProjector:
 
     def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array] | None = None, *,
                  fanout: str = "exact", loss_lambda: float = 5.0, compat: bool = False, dtype=jnp.float32,
-                 lazy: bool = False):
+                 lazy: bool = False, lowrank: bool = False):
         """``lazy``: a linear group with a data operand leaves its projected copies as
         :class:`~projc.backends.jax.state.Shifted` values (the algorithms and the consensus
-        fold them; anything else writes them out)."""
+        fold them; anything else writes them out). ``lowrank``: where such a group's copies
+        are a broadcast (see :meth:`lowrank_slots`), the state holds them as
+        :class:`~projc.backends.jax.state.Lowrank` across iterations, never written out;
+        the state must then come from :meth:`initial_state`."""
         self.prog, self.colour = schedule.program, schedule.colour
-        self.lazy = lazy
+        self.lazy = lazy or lowrank
+        self._lowrank = self.lowrank_slots(self.prog) if lowrank else {}
         self.blocks = len(schedule.blocks)
         self.data = {k: jnp.asarray(v, dtype) for k, v in (data or {}).items()}
         self.dtype, self.loss_lambda, self.compat = dtype, loss_lambda, compat
@@ -50,6 +55,40 @@ class BlockProjector:
     def weight(self, var: str) -> jax.Array:
         """The output weight ``w`` of ``var``'s producer (its fan-out), one per entry."""
         return jnp.broadcast_to(self._weights[var], self.prog.variables[var].shape)
+
+    @staticmethod
+    def lowrank_slots(prog) -> dict[str, tuple[Group, Slot]]:
+        """State key -> (group, data slot) of every copy slot that can be held as a
+        :class:`~projc.backends.jax.state.Lowrank`: the ``x`` copies of a ``linear`` group
+        whose coefficients ``c`` are read from data (no copy), sent by broadcasts only."""
+        found = {}
+        for group in prog.groups.values():
+            if group.kind != "linear":
+                continue
+            roles = {s.role: s for s in group.slots}
+            x, c = roles.get("x"), roles.get("c")
+            if (x is not None and c is not None and x.copy and not c.copy
+                    and all(isinstance(step, Broadcast) for step in x.imap.steps)):
+                found[slot_key(group.name, x)] = (group, c)
+        return found
+
+    def initial_state(self, values: Mapping[str, jax.Array]) -> State:
+        """The state at which every copy equals its variable (the forward pass), with the
+        :meth:`lowrank_slots` in factored form when the projector was built with ``lowrank``."""
+        state = {}
+        for group in self.prog.groups.values():
+            for slot in group.slots:
+                if slot.copy:
+                    value = jnp.asarray(values[slot.var], self.dtype)
+                    state[slot_key(group.name, slot)] = self._send(slot_key(group.name, slot), slot, value)
+        return state
+
+    def _send(self, key: str, slot: Slot, value: jax.Array):
+        if key not in self._lowrank:
+            return send(slot.imap, value)
+        _, rows = self._lowrank[key]
+        return Lowrank.broadcast(send_compact(slot.imap, value), send_compact(rows.imap, self.data[rows.var]),
+                                 slot.imap.shape)
 
     def nodes(self, block: int) -> list[str]:
         return self._nodes.get(block, [])
@@ -73,12 +112,13 @@ class BlockProjector:
 
     def _broadcast(self, var: str, value, new: State) -> None:
         for key, slot in copy_slots(self.prog, var):
-            new[key] = send(slot.imap, value)
+            new[key] = self._send(key, slot, value)
 
     def _operand(self, group: Group, i: int, state: State):
         slot = group.slots[i]
         if slot.copy:
-            return dense(state[slot_key(group.name, slot)])
+            value = state[slot_key(group.name, slot)]
+            return value if isinstance(value, Lowrank) else dense(value)
         if group.kind == "linear":  # constant coefficients: broadcastable, never materialised
             return send_compact(slot.imap, self.data[slot.var])
         return send(slot.imap, self.data[slot.var])
@@ -98,7 +138,11 @@ class BlockProjector:
         y = consensus(self.prog, state, group.out, self.dtype)
         w = self.weight(group.out)
         folded = self._folded_slot(group, ops)
-        if folded is not None:
+        if isinstance(ops.get("x"), Lowrank):
+            x = ops["x"]
+            shift, y2 = linear_shift(x, y, x.rows, group.attrs.get("d", 0.0), w, cx=x.contract_rows())
+            new[slot_key(group.name, folded)] = x.shifted(shift)
+        elif folded is not None:
             shift, y2 = linear_shift(ops["x"], y, ops["c"], group.attrs.get("d", 0.0), w)
             new[slot_key(group.name, folded)] = Shifted(ops["x"], 1.0, shift, ops["c"])
         else:

@@ -51,9 +51,106 @@ class Shifted:
         return None
 
 
+@jax.tree_util.register_pytree_node_class
+class Lowrank:
+    """``broadcast(mean) + coef[..., None] * rows``, held so across iterations: the copies of a
+    ``linear`` group's ``x`` slot whose coefficients are data rows and whose index map only
+    broadcasts (a first dense layer's weight copies, one per sample).
+
+    Every write into such a slot is a value sent to its copies (a broadcast: its consensus or
+    its producer) or the group's projection, which moves each copy along its own data row; the
+    algorithms only take linear combinations of those. So every iterate of every algorithm
+    keeps this form exactly, and the slot costs ``O(M N + B M)`` instead of ``B M N``
+    (method.md section 4: the copies of a constant operand's partner need not be written out).
+    ``mean`` has size 1 along the broadcast axes, ``coef`` is ``shape[:-1]``, ``rows`` the
+    data as the group reads it (constant within a minibatch).
+    """
+
+    def __init__(self, mean: jax.Array, coef: jax.Array, rows: jax.Array, shape: tuple[int, ...]):
+        self.mean, self.coef, self.rows, self.shape = mean, coef, rows, tuple(shape)
+
+    def tree_flatten(self):
+        return (self.mean, self.coef, self.rows), self.shape
+
+    @classmethod
+    def tree_unflatten(cls, shape, children):
+        return cls(*children, shape)
+
+    @classmethod
+    def broadcast(cls, mean: jax.Array, rows: jax.Array, shape) -> "Lowrank":
+        """Every copy equal to ``mean`` (given with size-1 broadcast axes)."""
+        return cls(mean, jnp.zeros(tuple(shape)[:-1], mean.dtype), rows, shape)
+
+    @property
+    def dtype(self):
+        return self.mean.dtype
+
+    def dense(self) -> jax.Array:
+        return jnp.broadcast_to(self.mean, self.shape) + self.coef[..., None] * self.rows
+
+    def combine(self, a: float, other, b: float):
+        """``a * self + b * other`` for ``other`` a Lowrank of the same slot; else None."""
+        if not isinstance(other, Lowrank):
+            return None
+        return Lowrank(a * self.mean + b * other.mean, a * self.coef + b * other.coef, self.rows, self.shape)
+
+    def shifted(self, shift: jax.Array) -> "Lowrank":
+        """``self + shift[..., None] * rows``: the group's projection of these copies."""
+        return Lowrank(self.mean, self.coef + shift, self.rows, self.shape)
+
+    def contract_rows(self) -> jax.Array:
+        """``sum(rows * self, -1)``, shape ``shape[:-1]``: a matrix product with ``mean``
+        and the rows' squared norms, never the written-out copies."""
+        return _contract_compact(self.rows, self.mean, self.shape) + self.coef * jnp.sum(
+            jnp.square(self.rows), -1)
+
+    def sqnorm(self) -> jax.Array:
+        """``sum(self.dense() ** 2)`` from the factors."""
+        repeats = int(np.prod(self.shape)) // self.mean.size
+        return (repeats * jnp.sum(jnp.square(self.mean))
+                + 2 * jnp.sum(self.coef * _contract_compact(self.rows, self.mean, self.shape))
+                + jnp.sum(jnp.square(self.coef) * jnp.sum(jnp.square(self.rows), -1)))
+
+    def gather(self, imap: IndexMap, dtype) -> jax.Array:
+        """``G^T(self)`` for the broadcast-only ``imap`` the slot was sent through."""
+        total = self.mean.astype(dtype)
+        for step in reversed(imap.steps):
+            total = (jnp.squeeze(total, step.axis) * self.shape[step.axis] if total.shape[step.axis] == 1
+                     else _sum_axis(total, step.axis))
+        return total + _gather_rank_one(imap, self, dtype)
+
+
+def _contract_compact(a: jax.Array, b: jax.Array, shape) -> jax.Array:
+    """``sum(a * b, -1)`` broadcast to ``shape[:-1]``, for ``a`` and ``b`` with size-1 axes, as
+    one einsum (so XLA forms neither product at full size)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[:len(shape)]
+
+    def operand(x):
+        kept = [i for i in range(len(shape) - 1) if x.shape[i] != 1] + [len(shape) - 1]
+        return jnp.squeeze(x, tuple(i for i in range(len(shape)) if i not in kept)), "".join(letters[i] for i in kept)
+
+    (xa, la), (xb, lb) = operand(a), operand(b)
+    out = "".join(c for c in letters[:-1] if c in la or c in lb)
+    total = jnp.einsum(f"{la},{lb}->{out}", xa, xb)
+    full = [i for i in range(len(shape) - 1) if letters[i] in out]
+    return jnp.broadcast_to(jnp.expand_dims(total, tuple(i for i in range(len(shape) - 1) if i not in full)),
+                            tuple(shape[:-1]))
+
+
 def dense(value) -> jax.Array:
-    """The array a state value stands for (a :class:`Shifted` written out)."""
-    return value.dense() if isinstance(value, Shifted) else value
+    """The array a state value stands for (a :class:`Shifted` or :class:`Lowrank` written out)."""
+    return value.dense() if isinstance(value, (Shifted, Lowrank)) else value
+
+
+def settle(value):
+    """A value as the iteration loop carries it: a :class:`Lowrank` as it is, anything else
+    written out."""
+    return value if isinstance(value, Lowrank) else dense(value)
+
+
+def sqnorm(value) -> jax.Array:
+    """``sum(value ** 2)`` of a state value (a :class:`Lowrank` from its factors)."""
+    return value.sqnorm() if isinstance(value, Lowrank) else jnp.sum(jnp.square(dense(value)))
 
 
 def slot_key(group: str, slot: Slot) -> str:
@@ -79,6 +176,8 @@ def send_compact(imap: IndexMap, value: jax.Array) -> jax.Array:
 def gather(imap: IndexMap, copies: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``G^T(copies)``: each entry of the value receives the sum of its copies."""
     broadcasts = all(isinstance(step, Broadcast) for step in imap.steps)
+    if isinstance(copies, Lowrank):
+        return copies.gather(imap, dtype)
     if isinstance(copies, Shifted):
         if not broadcasts:
             return gather(imap, copies.dense(), dtype)

@@ -19,7 +19,7 @@ from projc.backends.jax import algorithms, factored, sharding
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
 from projc.backends.jax.sharding import MeshShape
-from projc.backends.jax.state import init_state, send
+from projc.backends.jax.state import send
 from projc.constraints import Program, Slot, VarKind
 from projc.passes.schedule_blocks import Schedule
 
@@ -78,10 +78,11 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
     prog = schedule.program
     data, label, _ = io_names(prog)
     mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
-    # folded linear updates (state.Shifted) on one device; the sharded step pins every array's
-    # layout, so it keeps them written out
+    # on one device, a data operand's partner copies stay factored (state.Lowrank) and linear
+    # updates folded (state.Shifted); the sharded step pins every array's layout, so it keeps
+    # them written out
     projector = BlockProjector(schedule, fanout=config.fanout, loss_lambda=config.loss_lambda,
-                               compat=config.compat, lazy=not mesh.sharded)
+                               compat=config.compat, lowrank=not mesh.sharded)
     if algo.two_sets and projector.blocks != 2:
         raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 
@@ -94,8 +95,8 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
         constrain = sharding.constrainer(sharding.plan(prog, mesh), jax_mesh)
 
     def step(params, x, labels):
-        state = constrain(init_state(prog, forward_values(prog, {data: x, **params})))
         proj = projector.with_data({data: x, label: labels})
+        state = constrain(proj.initial_state(forward_values(prog, {data: x, **params})))
         # pinning each block's output keeps the scan's carry in the planned layout
         project = proj.project if not mesh.sharded else (lambda s, b: constrain(proj.project(s, b)))
         final, residuals = algorithms.run(project, proj.blocks, state, config.algorithm, config.iterations,

@@ -27,14 +27,17 @@ def project_linear(x, y, c, d=0.0, w=1.0):
     return x + shift[..., None] * c, y2
 
 
-def linear_shift(x, y, c, d=0.0, w=1.0):
+def linear_shift(x, y, c, d=0.0, w=1.0, cx=None):
     """`project_linear` without writing `x2`: `(shift, y2)` with `x2 = x + shift[..., None] * c`
-    (so a caller can keep `x2` as that sum and fold it into what reads it)."""
-    x = jnp.asarray(x)
+    (so a caller can keep `x2` as that sum and fold it into what reads it). A caller that
+    holds `x` in factored form passes `cx = c . x`; `x` then only needs `shape` and `dtype`."""
+    if cx is None:
+        x = jnp.asarray(x)
+        cx = contract(jnp.asarray(c, x.dtype), x)
     dt = x.dtype
     y, c, d, w = (jnp.asarray(v, dt) for v in (y, c, d, w))
     cc = jnp.sum(c * c, axis=-1)
-    r = y - contract(c, x) - d
+    r = y - cx - d
     k = r / (1 + w * cc)  # the output moves by -k, the input by w k c
     y2 = y - k
     shape = jnp.broadcast_shapes(y2.shape, x.shape[:-1])
