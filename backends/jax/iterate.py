@@ -22,9 +22,8 @@ import numpy as np
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.projections.linear import linear_shift
 from projc.backends.jax.state import (Lowrank, Shifted, State, compact, consensus, copy_slots, dense, send,
-                                      send_compact, slot_key)
+                                      send_compact, slot_key, split_broadcasts)
 from projc.constraints import Group, Slot, VarKind
-from projc.index_map import Broadcast
 from projc.passes.schedule_blocks import Schedule
 
 
@@ -60,7 +59,9 @@ class BlockProjector:
     def lowrank_slots(prog) -> dict[str, tuple[Group, Slot]]:
         """State key -> (group, data slot) of every copy slot that can be held as a
         :class:`~projc.backends.jax.state.Lowrank`: the ``x`` copies of a ``linear`` group
-        whose coefficients ``c`` are read from data (no copy), sent by broadcasts only."""
+        whose coefficients ``c`` are read from data (no copy), sent by an index map that ends
+        in broadcasts (a dense layer's weight per sample, a convolution's kernel per sample and
+        position, a recurrent input weight per step and sample)."""
         found = {}
         for group in prog.groups.values():
             if group.kind != "linear":
@@ -68,7 +69,7 @@ class BlockProjector:
             roles = {s.role: s for s in group.slots}
             x, c = roles.get("x"), roles.get("c")
             if (x is not None and c is not None and x.copy and not c.copy
-                    and all(isinstance(step, Broadcast) for step in x.imap.steps)):
+                    and split_broadcasts(x.imap)[1].steps):
                 found[slot_key(group.name, x)] = (group, c)
         return found
 

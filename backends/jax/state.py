@@ -112,12 +112,14 @@ class Lowrank:
                 + jnp.sum(jnp.square(self.coef) * jnp.sum(jnp.square(self.rows), -1)))
 
     def gather(self, imap: IndexMap, dtype) -> jax.Array:
-        """``G^T(self)`` for the broadcast-only ``imap`` the slot was sent through."""
+        """``G^T(self)`` for the ``imap`` the slot was sent through (see :func:`split_broadcasts`):
+        the broadcasts summed from the factors, then the adjoint of the map before them."""
+        head, tail = split_broadcasts(imap)
         total = self.mean.astype(dtype)
-        for step in reversed(imap.steps):
-            total = (jnp.squeeze(total, step.axis) * self.shape[step.axis] if total.shape[step.axis] == 1
+        for step in reversed(tail.steps):
+            total = (jnp.squeeze(total, step.axis) * step.size if total.shape[step.axis] == 1
                      else _sum_axis(total, step.axis))
-        return total + _gather_rank_one(imap, self, dtype)
+        return gather(head, total + _gather_rank_one(tail, self, dtype), dtype)
 
 
 def _contract_compact(a: jax.Array, b: jax.Array, shape) -> jax.Array:
@@ -163,12 +165,22 @@ def send(imap: IndexMap, value: jax.Array) -> jax.Array:
     return imap.apply(value, xp=jnp)
 
 
+def split_broadcasts(imap: IndexMap) -> tuple[IndexMap, IndexMap]:
+    """``imap`` as ``tail . head``: ``tail`` the run of broadcasts it ends with (maybe none)."""
+    steps = imap.steps
+    cut = len(steps)
+    while cut and isinstance(steps[cut - 1], Broadcast):
+        cut -= 1
+    head = IndexMap(imap.src_shape, steps[:cut])
+    return head, IndexMap(head.shape, steps[cut:])
+
+
 def send_compact(imap: IndexMap, value: jax.Array) -> jax.Array:
-    """``G(value)`` with broadcast axes of size 1, for read-only operands: the kernels
-    broadcast them, so XLA never writes a state-sized copy of constant data."""
-    if not all(isinstance(step, Broadcast) for step in imap.steps):
-        return send(imap, value)
-    for step in imap.steps:
+    """``G(value)`` with the axes of its final broadcasts of size 1, for read-only operands and
+    factored copies: the kernels broadcast them, so XLA never writes a state-sized copy."""
+    head, tail = split_broadcasts(imap)
+    value = send(head, value)
+    for step in tail.steps:
         value = jnp.expand_dims(value, step.axis)
     return value
 

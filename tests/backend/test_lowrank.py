@@ -11,11 +11,11 @@ import pytest
 from projc.backends.jax import algorithms
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
-from projc.backends.jax.state import Lowrank, dense, gather, sqnorm
+from projc.backends.jax.state import Lowrank, dense, gather, send_compact, split_broadcasts, sqnorm
 from projc.backends.jax.train_step import make_step
 from projc.datasets import load_dataset
 from projc.frontend import load_model
-from projc.index_map import Broadcast, IndexMap
+from projc.index_map import Broadcast, IndexMap, Reshape
 from projc.passes.bipartize import bipartize
 from projc.passes.lower_to_constraints import lower
 from projc.passes.schedule_blocks import schedule
@@ -23,16 +23,19 @@ from projc.passes.schedule_blocks import schedule
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-@pytest.mark.parametrize("axis", [0, 1])
-def test_a_lowrank_value_computes_as_its_written_out_array(axis):
+@pytest.mark.parametrize("imap", [
+    IndexMap((3, 5), (Broadcast(0, 4),)),
+    IndexMap((3, 5), (Broadcast(1, 4),)),
+    IndexMap((15,), (Reshape((3, 5)), Broadcast(0, 4), Broadcast(1, 2))),  # a kernel per sample and position
+], ids=["leading", "inner", "reshape-then-two"])
+def test_a_lowrank_value_computes_as_its_written_out_array(imap):
     """Contraction with the rows, squared norm, consensus sum, combinations and shifts of
     ``broadcast(mean) + coef * rows`` equal those of the array it stands for."""
-    rng = np.random.default_rng(axis)
-    src = (3, 5)
-    imap = IndexMap(src, (Broadcast(axis, 4),))
+    rng = np.random.default_rng(len(imap.steps))
     shape = imap.shape
-    rows_shape = tuple(1 if i != axis and i < len(shape) - 1 else n for i, n in enumerate(shape))
-    mean = jnp.expand_dims(jnp.asarray(rng.normal(size=src)), axis)
+    broadcast_axes = {step.axis for step in split_broadcasts(imap)[1].steps}
+    rows_shape = tuple(n if i in broadcast_axes or i == len(shape) - 1 else 1 for i, n in enumerate(shape))
+    mean = send_compact(imap, jnp.asarray(rng.normal(size=imap.src_shape)))
     rows = jnp.asarray(rng.normal(size=rows_shape))
 
     def value():
@@ -59,14 +62,19 @@ def _setup(name: str, batch: int, colouring: str):
     bipartize(prog)
     params = {n: v.const_value.numpy() for n, v in model.graph.initializers.items() if n in prog.variables}
     data = load_dataset("digits")
-    x = data.x_train[:batch]
+    x = data.x_train[:batch].reshape(prog.variables["x"].shape)
     onehot = np.eye(10, dtype=np.float32)[data.y_train[:batch]]
     return prog, schedule(prog, colouring), params, x, onehot
 
 
-@pytest.mark.parametrize("model", ["mlp_digits", "residual_mlp_digits"])
-@pytest.mark.parametrize("algorithm,colouring", [("dr", "two-sets"), ("ap", "two-sets"), ("dm", "two-sets"),
-                                                 ("ar", "two-sets"), ("cp", "layers"), ("cdr", "layers")])
+_ALGORITHMS = [("dr", "two-sets"), ("ap", "two-sets"), ("dm", "two-sets"), ("ar", "two-sets"), ("cp", "layers"),
+               ("cdr", "layers")]
+
+
+@pytest.mark.parametrize("model,algorithm,colouring", [
+    *((m, a, c) for m in ("mlp_digits", "residual_mlp_digits") for a, c in _ALGORITHMS),
+    # a convolution's kernel per sample and position, a recurrent input weight per step
+    ("cnn_digits", "dr", "two-sets"), ("lstm_digits", "dr", "two-sets"), ("gru_digits", "ap", "two-sets")])
 def test_lowrank_copies_give_the_same_iterates(model, algorithm, colouring):
     """Every algorithm, in float64: the final state, the residual of every iteration, the
     violation and the parameters read out agree with the written-out copies to rounding."""
