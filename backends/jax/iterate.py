@@ -21,7 +21,7 @@ import numpy as np
 
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.projections.linear import linear_shift
-from projc.backends.jax.state import (Lowrank, Shifted, State, compact, consensus, copy_slots, dense, send,
+from projc.backends.jax.state import (GramLowrank, Lowrank, Shifted, State, compact, consensus, copy_slots, dense, send,
                                       send_compact, slot_key, split_broadcasts)
 from projc.constraints import Group, Slot, VarKind
 from projc.passes.schedule_blocks import Schedule
@@ -32,16 +32,18 @@ class BlockProjector:
 
     def __init__(self, schedule: Schedule, data: Mapping[str, jax.Array] | None = None, *,
                  fanout: str = "exact", loss_lambda: float = 5.0, compat: bool = False, dtype=jnp.float32,
-                 lazy: bool = False, lowrank: bool = False):
+                 lazy: bool = False, lowrank: bool = False, gram: bool = True):
         """``lazy``: a linear group with a data operand leaves its projected copies as
         :class:`~projc.backends.jax.state.Shifted` values (the algorithms and the consensus
         fold them; anything else writes them out). ``lowrank``: where such a group's copies
         are a broadcast (see :meth:`lowrank_slots`), the state holds them as
         :class:`~projc.backends.jax.state.Lowrank` across iterations, never written out;
-        the state must then come from :meth:`initial_state`."""
+        the state must then come from :meth:`initial_state`. ``gram``: those of them that
+        :meth:`gram_slots` selects are held in Gram form (``False``: none, for comparisons)."""
         self.prog, self.colour = schedule.program, schedule.colour
         self.lazy = lazy or lowrank
         self._lowrank = self.lowrank_slots(self.prog) if lowrank else {}
+        self._gram = {var: key for key, var in self.gram_slots(self.prog, self._lowrank, dtype).items()} if gram else {}
         self.blocks = len(schedule.blocks)
         self.data = {k: jnp.asarray(v, dtype) for k, v in (data or {}).items()}
         self.dtype, self.loss_lambda, self.compat = dtype, loss_lambda, compat
@@ -73,6 +75,23 @@ class BlockProjector:
                 found[slot_key(group.name, x)] = (group, c)
         return found
 
+    @staticmethod
+    def gram_slots(prog, lowrank: Mapping[str, tuple[Group, Slot]], dtype=jnp.float32) -> dict[str, str]:
+        """State key -> parameter, of the ``lowrank`` slots held in Gram form
+        (:class:`~projc.backends.jax.state.GramLowrank`): a dense layer's weight, one copy per
+        data row and no copy elsewhere, with fewer rows ``n`` than inputs ``N`` (so the
+        ``n x n`` Gram matrix is the smaller product) and that matrix at most 256 MiB."""
+        found = {}
+        for key, (group, rows) in lowrank.items():
+            x = next(s for s in group.slots if s.role == "x")
+            steps, n = x.imap.steps, x.imap.shape[0]
+            if (len(steps) == 1 and steps[0].axis == 0 and len(x.imap.src_shape) == 2
+                    and [step.axis for step in rows.imap.steps] == [1] and len(rows.imap.src_shape) == 2
+                    and prog.variables[x.var].kind is VarKind.PARAM and len(prog.copies_of(x.var)) == 1
+                    and n <= x.imap.shape[-1] and n * n * jnp.dtype(dtype).itemsize <= 2 ** 28):
+                found[key] = x.var
+        return found
+
     def initial_state(self, values: Mapping[str, jax.Array]) -> State:
         """The state at which every copy equals its variable (the forward pass), with the
         :meth:`lowrank_slots` in factored form when the projector was built with ``lowrank``."""
@@ -88,8 +107,9 @@ class BlockProjector:
         if key not in self._lowrank:
             return send(slot.imap, value)
         _, rows = self._lowrank[key]
-        return Lowrank.broadcast(send_compact(slot.imap, value), send_compact(rows.imap, self.data[rows.var]),
-                                 slot.imap.shape)
+        form = GramLowrank if self._gram.get(slot.var) == key else Lowrank
+        return form.broadcast(send_compact(slot.imap, value), send_compact(rows.imap, self.data[rows.var]),
+                              slot.imap.shape)
 
     def nodes(self, block: int) -> list[str]:
         return self._nodes.get(block, [])
@@ -107,6 +127,9 @@ class BlockProjector:
                 self._group(self.prog.groups[node], state, new)
             else:
                 kind, var = node.split(":", 1)
+                if kind == "param" and var in self._gram:  # the consensus, in the factors
+                    new[self._gram[var]] = state[self._gram[var]].consensus()
+                    continue
                 value = consensus(self.prog, state, var, self.dtype) if kind == "param" else self.data[var]
                 self._broadcast(var, value, new)
         return new

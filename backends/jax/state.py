@@ -54,13 +54,15 @@ class Shifted:
 @jax.tree_util.register_pytree_node_class
 class Lowrank:
     """``broadcast(mean) + coef[..., None] * rows``, held so across iterations: the copies of a
-    ``linear`` group's ``x`` slot whose coefficients are data rows and whose index map only
-    broadcasts (a first dense layer's weight copies, one per sample).
+    ``linear`` group's ``x`` slot whose coefficients are data rows and whose index map ends in
+    broadcasts (a first dense layer's weight copies, one per sample; a first convolution's
+    kernel, one per sample and position).
 
     Every write into such a slot is a value sent to its copies (a broadcast: its consensus or
     its producer) or the group's projection, which moves each copy along its own data row; the
     algorithms only take linear combinations of those. So every iterate of every algorithm
-    keeps this form exactly, and the slot costs ``O(M N + B M)`` instead of ``B M N``
+    keeps this form exactly, and the slot costs ``O(M N + B M)`` instead of ``B M N`` for a
+    dense layer
     (method.md section 4: the copies of a constant operand's partner need not be written out).
     ``mean`` has size 1 along the broadcast axes, ``coef`` is ``shape[:-1]``, ``rows`` the
     data as the group reads it (constant within a minibatch).
@@ -120,6 +122,83 @@ class Lowrank:
             total = (jnp.squeeze(total, step.axis) * step.size if total.shape[step.axis] == 1
                      else _sum_axis(total, step.axis))
         return gather(head, total + _gather_rank_one(tail, self, dtype), dtype)
+
+
+@jax.tree_util.register_pytree_node_class
+class GramLowrank(Lowrank):
+    """A :class:`Lowrank` whose mean is itself kept as ``scale * w0 + e^T X / n``: for a dense
+    layer's weight copies, one per data row (``shape = (n, M, N)``, ``rows = X[:, None]``),
+    that are all the copies of a parameter.
+
+    The parameter's consensus then only moves the projections into the mean (``e += coef``)
+    and the group's contraction is ``scale * X w0^T + G e / n + coef |X|^2`` with ``G = X X^T``
+    formed once per minibatch: one ``n x n x M`` product per iteration instead of two
+    ``n x M x N`` ones (the consensus sum and ``X mean^T``), a saving where ``n < 2 N`` (the
+    Gram form of factored AP, method.md section 4, carried over to every algorithm).
+    ``w0``, ``p0 = X w0^T`` and ``gram`` are constant within the minibatch.
+    """
+
+    def __init__(self, scale, w0, e, coef, rows, p0, gram, shape):
+        self.scale, self.w0, self.e, self.p0, self.gram = scale, w0, e, p0, gram
+        self.coef, self.rows, self.shape = coef, rows, tuple(shape)
+
+    def tree_flatten(self):
+        return (self.scale, self.w0, self.e, self.coef, self.rows, self.p0, self.gram), self.shape
+
+    @classmethod
+    def tree_unflatten(cls, shape, children):
+        return cls(*children, shape)
+
+    @classmethod
+    def broadcast(cls, mean: jax.Array, rows: jax.Array, shape) -> "GramLowrank":
+        x = rows[:, 0]
+        zeros = jnp.zeros(tuple(shape)[:-1], mean.dtype)
+        return cls(jnp.ones((), mean.dtype), mean, zeros, zeros, rows, _mm(x, mean[0].T), _mm(x, x.T), shape)
+
+    @property
+    def dtype(self):
+        return self.w0.dtype
+
+    @property
+    def mean(self) -> jax.Array:
+        """The shared part, written out (``(1, M, N)``; one ``n x M x N`` product)."""
+        return self.scale * self.w0 + (_mm(self.e.T, self.rows[:, 0]) / self.shape[0])[None]
+
+    def _mean_rows(self) -> jax.Array:
+        return self.scale * self.p0 + _mm(self.gram, self.e) / self.shape[0]
+
+    def combine(self, a: float, other, b: float):
+        if not isinstance(other, GramLowrank):
+            return None
+        return GramLowrank(a * self.scale + b * other.scale, self.w0, a * self.e + b * other.e,
+                           a * self.coef + b * other.coef, self.rows, self.p0, self.gram, self.shape)
+
+    def shifted(self, shift: jax.Array) -> "GramLowrank":
+        return GramLowrank(self.scale, self.w0, self.e, self.coef + shift, self.rows, self.p0, self.gram, self.shape)
+
+    def consensus(self) -> "GramLowrank":
+        """Every copy set to the copies' mean: the parameter's consensus, all its copies here."""
+        zero = jnp.zeros_like(self.coef)
+        return GramLowrank(self.scale, self.w0, self.e + self.coef, zero, self.rows, self.p0, self.gram, self.shape)
+
+    def contract_rows(self) -> jax.Array:
+        return self._mean_rows() + self.coef * jnp.sum(jnp.square(self.rows), -1)
+
+    def sqnorm(self) -> jax.Array:
+        n = self.shape[0]
+        mean_sq = (jnp.square(self.scale) * jnp.sum(jnp.square(self.w0)) + 2 * self.scale / n * jnp.sum(self.e * self.p0)
+                   + jnp.sum(self.e * _mm(self.gram, self.e)) / n ** 2)
+        return (n * mean_sq + 2 * jnp.sum(self.coef * self._mean_rows())
+                + jnp.sum(jnp.square(self.coef) * jnp.sum(jnp.square(self.rows), -1)))
+
+    def gather(self, imap: IndexMap, dtype) -> jax.Array:
+        n = self.shape[0]
+        total = n * self.scale * self.w0[0] + _mm((self.e + self.coef).T, self.rows[:, 0])
+        return total.astype(dtype)
+
+
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def _contract_compact(a: jax.Array, b: jax.Array, shape) -> jax.Array:

@@ -11,7 +11,7 @@ import pytest
 from projc.backends.jax import algorithms
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
-from projc.backends.jax.state import Lowrank, dense, gather, send_compact, split_broadcasts, sqnorm
+from projc.backends.jax.state import GramLowrank, Lowrank, dense, gather, send_compact, split_broadcasts, sqnorm
 from projc.backends.jax.train_step import make_step
 from projc.datasets import load_dataset
 from projc.frontend import load_model
@@ -56,6 +56,31 @@ def test_a_lowrank_value_computes_as_its_written_out_array(imap):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_a_gram_lowrank_value_computes_as_its_written_out_array():
+    """The Gram form: contraction, squared norm, consensus sum, the parameter's consensus,
+    combinations and shifts equal those of the array it stands for."""
+    rng = np.random.default_rng(3)
+    n, m, k = 5, 3, 7
+    rows = jnp.asarray(rng.normal(size=(n, 1, k)))
+    imap = IndexMap((m, k), (Broadcast(0, n),))
+    start = GramLowrank.broadcast(jnp.asarray(rng.normal(size=(1, m, k))), rows, imap.shape)
+
+    def moved(v):  # a value with every factor nonzero: a projection, a consensus, another shift
+        v = v.shifted(jnp.asarray(rng.normal(size=(n, m)))).consensus()
+        return v.shifted(jnp.asarray(rng.normal(size=(n, m))))
+
+    u, v = moved(start), moved(start).combine(0.5, start, -1.5)  # scales 1 and -1
+    for value in (u, v, u.combine(1.0, v, -1.0)):  # the last: scale 2, as a residual's difference
+        full = np.asarray(value.dense())
+        assert full.shape == imap.shape
+        np.testing.assert_allclose(value.contract_rows(), np.sum(full * np.asarray(rows), -1), rtol=1e-11)
+        np.testing.assert_allclose(sqnorm(value), np.sum(full ** 2), rtol=1e-11)
+        np.testing.assert_allclose(value.gather(imap, jnp.float64), full.sum(0), rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(value.consensus().dense(), np.broadcast_to(full.mean(0), full.shape),
+                                   rtol=1e-11, atol=1e-11)
+    assert u.combine(1.0, Lowrank.broadcast(start.mean, rows, imap.shape), 1.0) is None
+
+
 def _setup(name: str, batch: int, colouring: str):
     model = load_model(MODELS / f"{name}.onnx", batch_size=batch)
     prog = lower(model)
@@ -80,9 +105,13 @@ def test_lowrank_copies_give_the_same_iterates(model, algorithm, colouring):
     violation and the parameters read out agree with the written-out copies to rounding."""
     prog, sched, params, x, onehot = _setup(model, 16, colouring)
     values = forward_values(prog, {"x": x, **params})
-    runs = []
-    for lowrank in (False, True):
-        proj = BlockProjector(sched, {"x": x, "labels": onehot}, dtype=jnp.float64, lowrank=lowrank)
+    # written out; factored; factored with the dense layers' means in Gram form (16 rows < 64)
+    forms = {"written out": (dict(lazy=True), set()), "lowrank": (dict(lowrank=True, gram=False), {"Lowrank"}),
+             "gram": (dict(lowrank=True), {"GramLowrank"} if model != "cnn_digits" and "lstm" not in model
+                      and "gru" not in model else {"Lowrank"})}
+    runs = {}
+    for name, (options, kinds) in forms.items():
+        proj = BlockProjector(sched, {"x": x, "labels": onehot}, dtype=jnp.float64, **options)
 
         def run(s, proj=proj):
             final, residuals = algorithms.run(proj.project, proj.blocks, s, algorithm, 5, beta=0.7)
@@ -90,15 +119,16 @@ def test_lowrank_copies_give_the_same_iterates(model, algorithm, colouring):
                     algorithms.violation(proj.project, proj.blocks, final), read_parameters(proj, final))
 
         state = proj.initial_state(values)
-        assert {k for k, v in state.items() if isinstance(v, Lowrank)} == ({"linear_0.x"} if lowrank else set())
-        runs.append(jax.jit(run)(state))
-    (plain, r0, v0, p0), (factored, r1, v1, p1) = runs
+        assert {type(state["linear_0.x"]).__name__} & {"Lowrank", "GramLowrank"} == kinds
+        runs[name] = jax.jit(run)(state)
+    plain, r0, v0, p0 = runs.pop("written out")
     scale = max(float(jnp.max(jnp.abs(v))) for v in plain.values())
-    assert max(float(jnp.max(jnp.abs(plain[k] - factored[k]))) for k in plain) < 1e-10 * scale
-    np.testing.assert_allclose(r1, r0, rtol=1e-9)
-    np.testing.assert_allclose(v1, v0, rtol=1e-9)
-    for k in p0:
-        np.testing.assert_allclose(p1[k], p0[k], rtol=1e-9, atol=1e-12)
+    for factored, r1, v1, p1 in runs.values():
+        assert max(float(jnp.max(jnp.abs(plain[k] - factored[k]))) for k in plain) < 1e-10 * scale
+        np.testing.assert_allclose(r1, r0, rtol=1e-9)
+        np.testing.assert_allclose(v1, v0, rtol=1e-9)
+        for k in p0:
+            np.testing.assert_allclose(p1[k], p0[k], rtol=1e-9, atol=1e-12)
     assert float(r0[-1]) > 0  # the iterations did move
 
 
