@@ -8,7 +8,8 @@ For each (model, algorithm) it prints and records:
   compiled ``lax.scan`` from a forward-pass state, divided by the count; for AP also the
   factored iteration (backends/jax/factored.py) where it applies, which is what the step runs;
   where the step holds a first layer's weight copies factored (``state.Lowrank``), also the
-  iteration with every copy in memory, as before that form, measured in the same run;
+  iteration with every copy in memory, as before that form, and where it holds them in Gram
+  form (``state.GramLowrank``), the iteration without it, measured in the same run;
 - state bytes (of every copy written out, and as the step holds them), and XLA's cost
   analysis of one iteration (bytes accessed, flops);
 - memory of the compiled step (arguments, outputs and temporaries, from XLA's memory analysis);
@@ -140,8 +141,11 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
 
     lowrank = BlockProjector(sched, lowrank=True).with_data({data_var: xb, label_var: lb})  # as make_step builds it
     written = BlockProjector(sched, lazy=True).with_data({data_var: xb, label_var: lb})  # every copy in memory
+    no_gram = BlockProjector(sched, lowrank=True, gram=False).with_data({data_var: xb, label_var: lb})
     per_iteration, state = iteration_time(lowrank)
-    written_s = iteration_time(written)[0] if lowrank.lowrank_slots(prog) else None
+    slots = lowrank.lowrank_slots(prog)
+    written_s = iteration_time(written)[0] if slots else None
+    no_gram_s = iteration_time(no_gram)[0] if lowrank.gram_slots(prog, slots) else None
     proj = lowrank
     factored_s = _factored_iteration(case, sched, xb, lb, program.params, iterations, repeats)
     one = jax.jit(lambda s: algorithms.get(case.algorithm).iterate(proj.project, s, proj.blocks,
@@ -163,6 +167,7 @@ def measure(case: Case, iterations: int, repeats: int) -> dict:
         "case": case.name, "model": case.model, "algorithm": case.algorithm, "batch": case.batch,
         "compile_s": compile_s, "trace_s": trace_s, "kernels": kernel_count(compiled_step),
         "iteration_s": per_iteration, "factored_iteration_s": factored_s, "written_out_iteration_s": written_s,
+        "no_gram_iteration_s": no_gram_s,
         "copy_s": copy_s, "bandwidth_ratio": per_iteration / copy_s, "state_bytes": state_bytes,
         "held_state_bytes": held_bytes,
         "bytes_accessed_per_iteration": float(cost.get("bytes accessed", float("nan"))),
@@ -192,6 +197,8 @@ def _row(r: dict) -> str:
     fac = f" (factored {1e3 * fac:.2f} ms)" if fac else ""
     written = r.get("written_out_iteration_s")
     fac += f" (copies written out {1e3 * written:.2f} ms)" if written else ""
+    no_gram = r.get("no_gram_iteration_s")
+    fac += f" (factored without Gram form {1e3 * no_gram:.2f} ms)" if no_gram else ""
     held = r.get("held_state_bytes", r["state_bytes"])
     held = f", held {held * mib:.1f}" if held != r["state_bytes"] else ""
     return (f"{r['case']:<16} compile {r['compile_s']:6.2f} s (trace {r['trace_s']:4.2f} s, {r['kernels']} kernels)  iteration {1e3 * r['iteration_s']:8.2f} ms{fac}  "

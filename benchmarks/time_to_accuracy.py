@@ -8,8 +8,8 @@ which compiles, left out on both sides). Adam's figure is its fastest learning r
 its fastest configuration of a small grid too: Douglas-Rachford at relaxation 0.5 (the
 default) and 0.8 (faster on the MLPs and the CNN, unstable on the LSTM, so not the default),
 and factored alternating projections with more iterations per minibatch (each iteration is
-some 15x cheaper than a DR one, backends/jax/factored.py), over-relaxed on MNIST. The default's own time is printed
-next to the fastest. Prints one row per case and seed, and the ratio projc / Adam.
+some 3x cheaper than a DR one, backends/jax/factored.py), over-relaxed on MNIST. The
+default's own time is printed next to the fastest. Prints one row per case and seed, and the ratio projc / Adam.
 
 Run: `python benchmarks/time_to_accuracy.py [--only digits mnist5k] [--seeds 0 1 2] [--json out.json]`.
 """
