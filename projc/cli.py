@@ -99,6 +99,7 @@ def _print_summary(summary: dict, title: str) -> None:
 
 
 def _print_schedule(sched) -> None:
+    from projc.factored_copies import held
     from projc.schedule_report import human, schedule_dict
 
     data = schedule_dict(sched, "")
@@ -120,6 +121,10 @@ def _print_schedule(sched) -> None:
         f"{c['scalar_constraints']:,} scalar constraints, parallel width {c['parallel_width']:,}",
         highlight=False,
     )
+    for slot in held(sched.program):
+        form = " (Gram form)" if slot["form"] == "gram" else ""
+        out.print(f"on one device {slot['key']}'s {slot['copies']:,} copies of {slot['var']} are held factored, "
+                  f"{human(slot['floats'] * 4, 'B')}{form}", highlight=False)
 
 
 def build_schedule(m, loss: str, algorithm: str, logits: Optional[str]):

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from projc import factored_copies
 from projc.backends.jax.projections import KINDS, LOSSES
 from projc.backends.jax.projections.linear import linear_shift
 from projc.backends.jax.state import (GramLowrank, Lowrank, Shifted, State, compact, consensus, copy_slots, dense, send,
-                                      send_compact, slot_key, split_broadcasts)
+                                      send_compact, slot_key)
 from projc.constraints import Group, Slot, VarKind
 from projc.passes.schedule_blocks import Schedule
 
@@ -59,38 +60,15 @@ class BlockProjector:
 
     @staticmethod
     def lowrank_slots(prog) -> dict[str, tuple[Group, Slot]]:
-        """State key -> (group, data slot) of every copy slot that can be held as a
-        :class:`~projc.backends.jax.state.Lowrank`: the ``x`` copies of a ``linear`` group
-        whose coefficients ``c`` are read from data (no copy), sent by an index map that ends
-        in broadcasts (a dense layer's weight per sample, a convolution's kernel per sample and
-        position, a recurrent input weight per step and sample)."""
-        found = {}
-        for group in prog.groups.values():
-            if group.kind != "linear":
-                continue
-            roles = {s.role: s for s in group.slots}
-            x, c = roles.get("x"), roles.get("c")
-            if (x is not None and c is not None and x.copy and not c.copy
-                    and split_broadcasts(x.imap)[1].steps):
-                found[slot_key(group.name, x)] = (group, c)
-        return found
+        """State key -> (group, data slot) of every slot that can be held as a
+        :class:`~projc.backends.jax.state.Lowrank` (:func:`projc.factored_copies.lowrank_slots`)."""
+        return factored_copies.lowrank_slots(prog)
 
     @staticmethod
     def gram_slots(prog, lowrank: Mapping[str, tuple[Group, Slot]], dtype=jnp.float32) -> dict[str, str]:
         """State key -> parameter, of the ``lowrank`` slots held in Gram form
-        (:class:`~projc.backends.jax.state.GramLowrank`): a dense layer's weight, one copy per
-        data row and no copy elsewhere, with fewer rows ``n`` than inputs ``N`` (so the
-        ``n x n`` Gram matrix is the smaller product) and that matrix at most 256 MiB."""
-        found = {}
-        for key, (group, rows) in lowrank.items():
-            x = next(s for s in group.slots if s.role == "x")
-            steps, n = x.imap.steps, x.imap.shape[0]
-            if (len(steps) == 1 and steps[0].axis == 0 and len(x.imap.src_shape) == 2
-                    and [step.axis for step in rows.imap.steps] == [1] and len(rows.imap.src_shape) == 2
-                    and prog.variables[x.var].kind is VarKind.PARAM and len(prog.copies_of(x.var)) == 1
-                    and n <= x.imap.shape[-1] and n * n * jnp.dtype(dtype).itemsize <= 2 ** 28):
-                found[key] = x.var
-        return found
+        (:class:`~projc.backends.jax.state.GramLowrank`, :func:`projc.factored_copies.gram_slots`)."""
+        return factored_copies.gram_slots(prog, dict(lowrank), jnp.dtype(dtype).itemsize)
 
     def initial_state(self, values: Mapping[str, jax.Array]) -> State:
         """The state at which every copy equals its variable (the forward pass), with the

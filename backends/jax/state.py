@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from projc.constraints import Program, Slot
+from projc.factored_copies import slot_key, split_broadcasts
 from projc.index_map import Broadcast, IndexMap
 
 State = dict[str, jax.Array]
@@ -234,24 +235,9 @@ def sqnorm(value) -> jax.Array:
     return value.sqnorm() if isinstance(value, Lowrank) else jnp.sum(jnp.square(dense(value)))
 
 
-def slot_key(group: str, slot: Slot) -> str:
-    """The state entry of one copy slot."""
-    return f"{group}.{slot.role}"
-
-
 def send(imap: IndexMap, value: jax.Array) -> jax.Array:
     """``G(value)``: the copies a slot holds of ``value``."""
     return imap.apply(value, xp=jnp)
-
-
-def split_broadcasts(imap: IndexMap) -> tuple[IndexMap, IndexMap]:
-    """``imap`` as ``tail . head``: ``tail`` the run of broadcasts it ends with (maybe none)."""
-    steps = imap.steps
-    cut = len(steps)
-    while cut and isinstance(steps[cut - 1], Broadcast):
-        cut -= 1
-    head = IndexMap(imap.src_shape, steps[:cut])
-    return head, IndexMap(head.shape, steps[cut:])
 
 
 def send_compact(imap: IndexMap, value: jax.Array) -> jax.Array:

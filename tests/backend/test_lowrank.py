@@ -11,9 +11,10 @@ import pytest
 from projc.backends.jax import algorithms
 from projc.backends.jax.iterate import BlockProjector, read_parameters
 from projc.backends.jax.program_forward import forward_values
-from projc.backends.jax.state import GramLowrank, Lowrank, dense, gather, send_compact, split_broadcasts, sqnorm
+from projc.backends.jax.state import GramLowrank, Lowrank, dense, gather, send_compact, sqnorm
 from projc.backends.jax.train_step import make_step
 from projc.datasets import load_dataset
+from projc.factored_copies import held, split_broadcasts
 from projc.frontend import load_model
 from projc.index_map import Broadcast, IndexMap, Reshape
 from projc.passes.bipartize import bipartize
@@ -79,6 +80,21 @@ def test_a_gram_lowrank_value_computes_as_its_written_out_array():
         np.testing.assert_allclose(value.consensus().dense(), np.broadcast_to(full.mean(0), full.shape),
                                    rtol=1e-11, atol=1e-11)
     assert u.combine(1.0, Lowrank.broadcast(start.mean, rows, imap.shape), 1.0) is None
+
+
+def test_what_is_held_factored_and_its_size():
+    """The dense first layer of the MNIST MLP at batch 256 (256 rows < 784 inputs) in Gram form,
+    the digits MLP at batch 256 (256 rows > 64 inputs) and the CNN's kernel plainly factored."""
+    sizes = {}
+    for name, batch in (("mlp_mnist_128", 256), ("mlp_digits", 256), ("cnn_digits", 16)):
+        (slot,) = held(lower(load_model(MODELS / f"{name}.onnx", batch_size=batch)))
+        sizes[name] = slot
+    assert sizes["mlp_mnist_128"] == {"key": "linear_0.x", "var": "fc1.weight", "copies": 256 * 128 * 784,
+                                      "floats": 128 * 784 + 3 * 256 * 128 + 256 ** 2, "form": "gram"}
+    assert sizes["mlp_digits"]["form"] == "lowrank"
+    assert sizes["mlp_digits"]["floats"] == 32 * 64 + 256 * 32  # the mean and one coefficient per copy
+    assert sizes["cnn_digits"]["form"] == "lowrank"
+    assert sizes["cnn_digits"]["floats"] == 8 * 9 + 16 * 8 * 8 * 8  # the 3x3 kernels, one per (sample, position, channel)
 
 
 def _setup(name: str, batch: int, colouring: str):

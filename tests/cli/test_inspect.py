@@ -14,6 +14,8 @@ def test_inspect_text_shows_blocks_and_costs(monkeypatch, capsys):
     assert "schedule: 2 blocks" in out
     for needle in ("dot", "sum_act", "max", "param", "Conv_2", "state", "FLOP", "parallel width"):
         assert needle in out
+    # the first convolution's kernel copies, one per sample, position and channel (16 x 8 x 8 x 8 x 9)
+    assert "73,728 copies of conv1.weight are held factored" in " ".join(out.split())
 
 
 def test_inspect_json_has_versioned_schema(monkeypatch, capsys):
