@@ -249,3 +249,36 @@ def test_sigmoidal_extreme_queries(act, dtype):
     hi = np.take_along_axis(grid, np.minimum(j + 1, grid.shape[1] - 1), 1)
     best = np.sqrt(np.minimum(_golden_min(cost, lo, hi), np.take_along_axis(cost(grid), j, 1)))[:, 0]
     assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_tanh_inflection_against_bisection(dtype):
+    """The arithmetic-only middle root of the tanh cost's `h'` is the dtype's rounding of the
+    root (bisection of the cubic in float64), for |y| from 1e-8 to 1e20 and at 0 and +-inf."""
+    from projc.backends.jax.projections.sum_act import _tanh_inflections
+
+    y = np.concatenate([-np.logspace(-8, 20, 400), [0.0], np.logspace(-8, 20, 400)])
+    big = np.sqrt(3) / 2 * y
+    lo, hi = np.full_like(y, -1.0), np.ones_like(y)  # q(v) = v^3 - Y v^2 - 2v + Y falls there
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        pos = ((mid - big) * mid - 2) * mid + big > 0
+        lo, hi = np.where(pos, mid, lo), np.where(pos, hi, mid)
+    want = np.where(y == 0, 0.0, (lo + hi) / 2 / np.sqrt(3))
+    got = np.asarray(_tanh_inflections(jnp.asarray(y, dtype)))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+    ends = np.asarray(_tanh_inflections(jnp.asarray([np.inf, -np.inf], dtype)))
+    np.testing.assert_allclose(ends, [1 / np.sqrt(3), -1 / np.sqrt(3)], rtol=np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_tanh_derivatives_keep_their_digits(dtype):
+    """tanh and 1 - tanh^2 of the Newton loops, near 0 and deep in the saturated tail, within a
+    few ulp of float64's (relative: 1 - tanh^2 is ~1e-30 at t = 35)."""
+    t = np.concatenate([-np.logspace(-30, 1.5, 300), [0.0], np.logspace(-30, 1.5, 300)])
+    t = t.astype(dtype).astype(np.float64)  # the reference at the very same points
+    th, d1, _ = ACTIVATIONS["tanh"].derivs(jnp.asarray(t, dtype))
+    want_d1 = 1 / np.cosh(t) ** 2
+    np.testing.assert_allclose(np.asarray(th), np.tanh(t), rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_allclose(np.asarray(d1), want_d1, rtol=8 * np.finfo(dtype).eps, atol=0)
