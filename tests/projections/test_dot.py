@@ -252,19 +252,39 @@ def _check_mul(a, b, z, w, out):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("steps", [0, 3, None])
-def test_mul_blocks_with_forced_fallback(dtype, steps, monkeypatch):
-    """Few Newton steps leave elements unsettled: their blocks take the exact solver.
+@pytest.mark.parametrize("steps, retry", [(0, 0), (3, 3), (3, None), (None, None)])
+def test_mul_blocks_with_forced_fallback(dtype, steps, retry, monkeypatch):
+    """Few Newton steps leave elements unsettled: their blocks retry with more steps, then
+    take the exact solver.
 
-    0 steps: every block falls back; 3: some do; None: the shipped count. Several blocks and
-    a padded last one (block size 64 for 300 queries).
+    (0, 0): every block falls back to the exact solver; (3, 3): some do; (3, shipped): the
+    retry settles some blocks; the shipped counts last. Several blocks and a padded last one
+    (block size 64 for 300 queries).
     """
     monkeypatch.setattr(dot_module, "_MUL_BLOCK", 64)
     if steps is not None:
         monkeypatch.setattr(dot_module, "_MUL_STEPS", steps)
+    if retry is not None:
+        monkeypatch.setattr(dot_module, "_MUL_RETRY_STEPS", retry)
     a, b, z, w = _mul_queries(11, dtype, 300)
     out = jax.jit(lambda *x: project_mul(*x))(a, b, z, w)  # a fresh trace sees the patch
     _check_mul(a, b, z, w, out)
+
+
+def test_mul_slow_queries_settle_on_the_retry():
+    """Queries with a ~ -b and z > 0 (two of 3.2M random ones) are not settled after
+    `_MUL_STEPS` but are after `_MUL_RETRY_STEPS`, and the operator's point is the twin's."""
+    a = np.array([0.5591437816619873, -0.880287230014801], np.float32)
+    b = np.array([-0.5577410459518433, 0.88224196434021], np.float32)
+    z = np.array([0.9225337505340576, 0.8059759140014648], np.float32)
+    w = np.ones(2, np.float32)
+    for steps, settled in ((dot_module._MUL_STEPS, False), (dot_module._MUL_RETRY_STEPS, True)):
+        _, ok = jax.jit(lambda *x, n=steps: dot_module._mul_fast(*x, n))(a, b, z, w)
+        assert np.all(np.asarray(ok) == settled)
+    out = _mul(a, b, z, w)
+    _check_mul(a, b, z, w, out)
+    for o, t in zip(out, ref.project_mul(a, b, z, w)):
+        np.testing.assert_allclose(np.float64(o), t, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
