@@ -78,7 +78,21 @@ class Schedule:
             # each projection reads and writes the copies it owns: every copy twice per block
             "bytes_per_iteration": 2 * BYTES_PER_FLOAT * sum(b.floats for b in self.blocks),
             "parallel_width": max((b.constraints for b in self.blocks), default=0),
+            **self._held(),
         }
+
+    def _held(self) -> dict[str, Any]:
+        """The same state and traffic as a one-device step holds them: a factored slot keeps
+        its factors instead of its copies, in its group's kernel and its variable's consensus
+        alike (``projc.factored_copies``; FLOPs stay those of the written-out copies)."""
+        from projc.factored_copies import held
+
+        slots = held(self.program)
+        saved = sum(s["copies"] - s["floats"] for s in slots)
+        floats = self.state_floats - saved
+        moved = 2 * BYTES_PER_FLOAT * (sum(b.floats for b in self.blocks) - 2 * saved)
+        return {"held_state_floats": floats, "held_state_bytes": floats * BYTES_PER_FLOAT,
+                "held_bytes_per_iteration": moved, "factored": slots}
 
 
 def _node_info(prog: Program, node: str) -> tuple[str, tuple, int]:

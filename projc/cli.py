@@ -99,7 +99,6 @@ def _print_summary(summary: dict, title: str) -> None:
 
 
 def _print_schedule(sched) -> None:
-    from projc.factored_copies import held
     from projc.schedule_report import human, schedule_dict
 
     data = schedule_dict(sched, "")
@@ -121,10 +120,13 @@ def _print_schedule(sched) -> None:
         f"{c['scalar_constraints']:,} scalar constraints, parallel width {c['parallel_width']:,}",
         highlight=False,
     )
-    for slot in held(sched.program):
+    for slot in c["factored"]:
         form = " (Gram form)" if slot["form"] == "gram" else ""
         out.print(f"on one device {slot['key']}'s {slot['copies']:,} copies of {slot['var']} are held factored, "
                   f"{human(slot['floats'] * 4, 'B')}{form}", highlight=False)
+    if c["factored"]:
+        out.print(f"so one device holds {c['held_state_floats']:,} floats ({human(c['held_state_bytes'], 'B')}) "
+                  f"and moves {human(c['held_bytes_per_iteration'], 'B')} per iteration", highlight=False)
 
 
 def build_schedule(m, loss: str, algorithm: str, logits: Optional[str]):

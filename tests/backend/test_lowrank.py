@@ -162,3 +162,23 @@ def test_the_training_step_never_writes_the_first_layers_copies_out():
     slot = next(s for s in prog.groups["linear_0"].slots if s.role == "x")
     copies = int(np.prod(slot.imap.shape)) * 4
     assert memory.temp_size_in_bytes < copies / 4, (memory.temp_size_in_bytes, copies)  # measured: 1/8
+
+
+@pytest.mark.parametrize("model,batch", [("mlp_digits", 16), ("cnn_digits", 8), ("lstm_digits", 4)])
+def test_the_schedule_reports_the_state_the_step_holds(model, batch):
+    """The schedule's one-device state size is the floats of the step's initial state: the
+    factored slots' factors (the data rows left out) and every other slot's copies."""
+    prog, sched, params, x, onehot = _setup(model, batch, "two-sets")
+    proj = BlockProjector(sched, {"x": x, "labels": onehot}, lowrank=True)
+    state = proj.initial_state(forward_values(prog, {"x": x, **params}))
+    floats = 0
+    for value in state.values():
+        if isinstance(value, Lowrank):
+            leaves = [leaf for leaf in value.tree_flatten()[0] if leaf is not value.rows]
+            floats += sum(int(np.size(leaf)) for leaf in leaves if np.ndim(leaf) > 0)  # not the scale
+        else:
+            floats += int(np.size(value))
+    cost = sched.summary()
+    assert any(isinstance(v, Lowrank) for v in state.values())
+    assert cost["held_state_floats"] == floats < cost["state_floats"]
+    assert cost["held_bytes_per_iteration"] < cost["bytes_per_iteration"]

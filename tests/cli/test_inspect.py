@@ -16,6 +16,7 @@ def test_inspect_text_shows_blocks_and_costs(monkeypatch, capsys):
         assert needle in out
     # the first convolution's kernel copies, one per sample, position and channel (16 x 8 x 8 x 8 x 9)
     assert "73,728 copies of conv1.weight are held factored" in " ".join(out.split())
+    assert "so one device holds" in " ".join(out.split())
 
 
 def test_inspect_json_has_versioned_schema(monkeypatch, capsys):
@@ -24,6 +25,9 @@ def test_inspect_json_has_versioned_schema(monkeypatch, capsys):
     data = json.loads(out)
     assert data["schema"] == "projc.schedule" and data["version"] == 1
     assert data["batch_size"] == 8 and data["cost"]["blocks"] == 2
+    (slot,) = data["cost"]["factored"]  # the first layer's weight copies, in Gram form (8 rows)
+    assert slot["var"] == "fc1.weight" and slot["form"] == "gram"
+    assert data["cost"]["held_state_floats"] == data["cost"]["state_floats"] - slot["copies"] + slot["floats"]
     assert data["groups"]["loss"]["block"] == 0
     kinds = {k["kind"] for b in data["blocks"] for k in b["kernels"]}
     assert {"dot", "linear", "sum_act", "loss", "param"} <= kinds
