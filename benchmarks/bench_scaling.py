@@ -7,7 +7,8 @@ it costs in overhead; they do not show a speed-up. On a machine with several acc
 same command measures real scaling.
 
     python benchmarks/bench_scaling.py [--model models/mlp_digits.onnx] [--batch-size 256]
-                                       [--iterations 20] [--reps 5] [--model-parallel 1] [--json out.json]
+                                       [--iterations 20] [--reps 5] [--model-parallel 1] [--data digits]
+                                       [--json out.json]
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--model-parallel", type=int, default=1)
+    ap.add_argument("--data", default="digits", help="a built-in data set that fits the model (mnist5k for the MNIST MLPs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'devices':>7} {'mesh':>7} {'ms/iteration':>13} {'first call s':>13} {'predicted all-reduce/iter':>26} "
           f"{'read-out':>9}  collectives in the compiled step")
     rows = []
-    data = projc.load_dataset("digits")
+    data = projc.load_dataset(args.data)
     for devices in DEVICE_COUNTS:
         mp = args.model_parallel if devices % args.model_parallel == 0 else 1
         program = projc.compile(args.model, batch_size=args.batch_size, iterations=args.iterations,

@@ -82,7 +82,7 @@ class Schedule:
         }
 
     def _held(self) -> dict[str, Any]:
-        """The same state and traffic as a one-device step holds them: a factored slot keeps
+        """The same state and traffic as the training step holds them (over all devices): a factored slot keeps
         its factors instead of its copies, in its group's kernel and its variable's consensus
         alike (``projc.factored_copies``; FLOPs stay those of the written-out copies)."""
         from projc.factored_copies import held

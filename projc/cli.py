@@ -122,10 +122,10 @@ def _print_schedule(sched) -> None:
     )
     for slot in c["factored"]:
         form = " (Gram form)" if slot["form"] == "gram" else ""
-        out.print(f"on one device {slot['key']}'s {slot['copies']:,} copies of {slot['var']} are held factored, "
+        out.print(f"{slot['key']}'s {slot['copies']:,} copies of {slot['var']} are held factored, "
                   f"{human(slot['floats'] * 4, 'B')}{form}", highlight=False)
     if c["factored"]:
-        out.print(f"so one device holds {c['held_state_floats']:,} floats ({human(c['held_state_bytes'], 'B')}) "
+        out.print(f"so the step holds {c['held_state_floats']:,} floats ({human(c['held_state_bytes'], 'B')}) in all "
                   f"and moves {human(c['held_bytes_per_iteration'], 'B')} per iteration", highlight=False)
 
 

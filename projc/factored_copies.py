@@ -1,4 +1,4 @@
-"""Which copy slots a one-device step holds factored, and in how many floats.
+"""Which copy slots the training step holds factored, and in how many floats.
 
 A ``linear`` group whose coefficients are data rows moves each copy of its ``x`` slot along
 its own row, and everything else writes a broadcast into that slot, so every iterate is

@@ -325,8 +325,10 @@ def constrainer(sp: ShardingPlan, mesh) -> Callable[[dict], dict]:
     shardings = {k: named(mesh, spec) for k, spec in sp.slots.items()}
 
     def constrain(state):
-        return {k: jax.lax.with_sharding_constraint(v, shardings[k]) if k in shardings else v
-                for k, v in state.items()}
+        # factored values (state.Lowrank, Shifted) are left to XLA's propagation: their
+        # factors have other shapes than the copies the plan lays out
+        return {k: jax.lax.with_sharding_constraint(v, shardings[k])
+                if k in shardings and isinstance(v, jax.Array) else v for k, v in state.items()}
 
     return constrain
 

@@ -78,11 +78,11 @@ def make_step(schedule: Schedule, config: StepConfig | None = None, **overrides)
     prog = schedule.program
     data, label, _ = io_names(prog)
     mesh = MeshShape(config.devices, config.model_parallel).check(prog.batch_size)
-    # on one device, a data operand's partner copies stay factored (state.Lowrank) and linear
-    # updates folded (state.Shifted); the sharded step pins every array's layout, so it keeps
-    # them written out
+    # a data operand's partner copies stay factored (state.Lowrank) and linear updates folded
+    # (state.Shifted); the sharded step pins the written-out arrays' layouts and lets XLA
+    # place the small factors
     projector = BlockProjector(schedule, fanout=config.fanout, loss_lambda=config.loss_lambda,
-                               compat=config.compat, lowrank=not mesh.sharded)
+                               compat=config.compat, lowrank=True)
     if algo.two_sets and projector.blocks != 2:
         raise ValueError(f"{algo.title} needs a two-set schedule; this one has {projector.blocks} blocks")
 

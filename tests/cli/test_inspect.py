@@ -16,7 +16,7 @@ def test_inspect_text_shows_blocks_and_costs(monkeypatch, capsys):
         assert needle in out
     # the first convolution's kernel copies, one per sample, position and channel (16 x 8 x 8 x 8 x 9)
     assert "73,728 copies of conv1.weight are held factored" in " ".join(out.split())
-    assert "so one device holds" in " ".join(out.split())
+    assert "so the step holds" in " ".join(out.split())
 
 
 def test_inspect_json_has_versioned_schema(monkeypatch, capsys):
