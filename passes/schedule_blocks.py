@@ -67,32 +67,31 @@ class Schedule:
         return self.program.state_size()
 
     def summary(self) -> dict[str, Any]:
+        from projc.factored_copies import held
+
+        state = self.state_floats
+        touched = sum(b.floats for b in self.blocks)  # copies read and written, per block
+        # as the training step holds them (over all devices): a factored slot keeps its factors
+        # instead of its copies, in its group's kernel and its variable's consensus alike
+        # (projc.factored_copies); FLOPs stay those of the written-out copies
+        factored = held(self.program)
+        saved = sum(s["copies"] - s["floats"] for s in factored)
         return {
             "blocks": len(self.blocks),
             "groups": len(self.program.groups),
             "kernels": sum(len(b.kernels) for b in self.blocks),
             "scalar_constraints": sum(b.constraints for b in self.blocks),
-            "state_floats": self.state_floats,
-            "state_bytes": self.state_floats * BYTES_PER_FLOAT,
+            "state_floats": state,
+            "state_bytes": state * BYTES_PER_FLOAT,
             "flops_per_iteration": self.flops_per_iteration,
             # each projection reads and writes the copies it owns: every copy twice per block
-            "bytes_per_iteration": 2 * BYTES_PER_FLOAT * sum(b.floats for b in self.blocks),
+            "bytes_per_iteration": 2 * BYTES_PER_FLOAT * touched,
             "parallel_width": max((b.constraints for b in self.blocks), default=0),
-            **self._held(),
+            "held_state_floats": state - saved,
+            "held_state_bytes": (state - saved) * BYTES_PER_FLOAT,
+            "held_bytes_per_iteration": 2 * BYTES_PER_FLOAT * (touched - 2 * saved),
+            "factored": factored,
         }
-
-    def _held(self) -> dict[str, Any]:
-        """The same state and traffic as the training step holds them (over all devices): a factored slot keeps
-        its factors instead of its copies, in its group's kernel and its variable's consensus
-        alike (``projc.factored_copies``; FLOPs stay those of the written-out copies)."""
-        from projc.factored_copies import held
-
-        slots = held(self.program)
-        saved = sum(s["copies"] - s["floats"] for s in slots)
-        floats = self.state_floats - saved
-        moved = 2 * BYTES_PER_FLOAT * (sum(b.floats for b in self.blocks) - 2 * saved)
-        return {"held_state_floats": floats, "held_state_bytes": floats * BYTES_PER_FLOAT,
-                "held_bytes_per_iteration": moved, "factored": slots}
 
 
 def _node_info(prog: Program, node: str) -> tuple[str, tuple, int]:
