@@ -221,3 +221,30 @@ def test_cross_entropy_unlabelled_rows_are_left_alone():
     x = np.asarray(prox_cross_entropy(v, y, 5.0))
     np.testing.assert_array_equal(x[[0, 2]], v[[0, 2]])
     assert np.abs(x[1] - v[1]).max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_stacked_and_transposed_answers_agree(dtype, monkeypatch):
+    """For many rows the class sums are products with ones and (for few classes) the answer
+    returns to the rows layout as a stack of its class rows; otherwise reductions and a
+    transpose. Forcing either on the same queries (10 and 40 classes, mild and confident rows,
+    soft labels) gives the same prox to a few ulp."""
+    import jax
+
+    from projc.backends.jax.projections import losses
+
+    rng = np.random.default_rng(11)
+    for classes in (10, 40):
+        v = (rng.normal(size=(96, classes)) * np.repeat([0.3, 3.0, 30.0], 32)[:, None]).astype(dtype)
+        y = np.eye(classes, dtype=dtype)[np.argmin(v, axis=-1)]
+        y[::7] = rng.dirichlet(np.ones(classes), size=len(y[::7]))
+        got = {}
+        for stack_rows in (0, 10**9):
+            monkeypatch.setattr(losses, "_MANY_ROWS", stack_rows)
+            monkeypatch.setattr(losses, "_STACK_CLASSES", 64)
+            got[stack_rows] = np.asarray(jax.jit(lambda v, y: losses._prox_ce(v, y, 20.0, False))(v, y))
+        assert got[0].shape == v.shape
+        scale = 1 + np.abs(v).max() + 20.0
+        np.testing.assert_allclose(got[0], got[10**9], rtol=0, atol=8 * np.finfo(dtype).eps * scale)
+        resid = got[0] - v + 20.0 * (y.sum(-1, keepdims=True) * _softmax(got[0].astype(float)) - y)
+        assert np.abs(resid).max() <= 16 * np.finfo(dtype).eps * 20.0 * scale

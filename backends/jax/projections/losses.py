@@ -15,6 +15,12 @@ _CE_STEPS = 30  # Newton steps at most; 1-8 settled every row of the adversarial
 # accurate as three (at most 7.3 ulp from the float64 value over z in [-87, 1e18], the
 # rounding of the evaluation itself; one step: 513 ulp); float64 takes three
 _OMEGA_STEPS = {4: 2, 8: 3}  # by itemsize
+# from this many rows the solver takes the layouts that stream well (see `_newton`); below,
+# their gain is noise and their cost is not: at 256 rows the products with ones took 7% longer
+# than the reductions (dispatch), and the stack made a batch-256 DR step 11 kernels larger and
+# about a second slower to compile
+_MANY_ROWS = 4096
+_STACK_CLASSES = 32  # at most this many classes are stacked back one by one
 
 
 def wright_omega(z):
@@ -36,9 +42,9 @@ def wright_omega(z):
 
 def _newton(v, y, sy, lam):
     """The prox as a root of one monotone scalar equation per row; classes on axis 0 of
-    ``v`` and ``y`` (shape `(C, rows)`), ``sy`` of shape `(rows,)`. (Rows on the long last
-    axis: XLA-CPU unrolls a short last axis completely, which made the dot's solver 1.5x
-    slower to compile; for this solver the two layouts measured about the same.)
+    ``v`` and ``y`` (shape `(C, rows)`), ``sy`` of shape `(rows,)`; returns `x` of shape
+    `(rows, C)`. (Rows on the long axis: XLA-CPU unrolls a short last axis completely, which
+    made the dot's solver 1.5x slower to compile.)
 
     Optimality `x = u - t softmax(x)` with `u = v + lam y`, `t = lam sum(y)` gives
     `t softmax(x)_i = omega(u_i - d)` for the scalar `d = lse(x) - log t`, which solves
@@ -49,12 +55,29 @@ def _newton(v, y, sy, lam):
     noise of `g` (quadratic convergence: settled to rounding); a settled row stays as it is,
     so a row's answer does not depend on the batch it came in. The answer is exact for `u` as
     rounded: accurate to `eps |v + lam y|`, the size of the rounding of `v + lam y` itself.
+
+    From `_MANY_ROWS` rows, two layout choices for XLA-CPU: the class sums are products with
+    a row of ones (as reductions over axis 0 they became XNNPACK kernels 2-3x slower than the
+    omegas they read), and the answer goes back to `(rows, C)` as a stack of its class rows
+    (the last omega, fused into a plain transpose, ran 7x slower than over `(C, rows)`).
     """
     eps = jnp.finfo(v.dtype).eps
     labelled = sy > 0  # t = 0: no loss, x = v
     t = jnp.where(labelled, lam * sy, 1)
     u = v + lam * y
     d0 = jnp.max(u, axis=0) - (t + jnp.log(t))
+    many = u.shape[1] >= _MANY_ROWS
+    ones = jnp.ones((1, u.shape[0]), u.dtype)
+
+    def total(w):
+        if not many:
+            return jnp.sum(w, axis=0)
+        return jnp.matmul(ones, w, precision="highest")[0]  # no TF32 products on a GPU
+
+    def sums(d):
+        """`sum omega(u - d)` and `sum omega'(u - d)` over the classes."""
+        w = wright_omega(u - d)
+        return total(w), total(w / (1 + w))
 
     def cond(state):
         k, _, active = state
@@ -62,14 +85,16 @@ def _newton(v, y, sy, lam):
 
     def body(state):
         k, d, active = state
-        w = wright_omega(u - d)
-        slope = jnp.sum(w / (1 + w), axis=0)
-        step = jnp.where(active, (jnp.sum(w, axis=0) - t) / slope, 0)
+        total, slope = sums(d)
+        step = jnp.where(active, (total - t) / slope, 0)
         tol = eps ** 0.75 * (1 + jnp.abs(d)) + 8 * eps * t / slope
         return k + 1, d + step, active & (jnp.abs(step) > tol)
 
     _, d, _ = lax.while_loop(cond, body, (0, d0, labelled))
-    return jnp.where(labelled, u - wright_omega(u - d), v)
+    x = jnp.where(labelled, u - wright_omega(u - d), v)
+    if many and u.shape[0] <= _STACK_CLASSES:
+        return jnp.stack(list(x), axis=-1)
+    return x.T
 
 
 def _pjax_fixed_point(v, y, lam):
@@ -84,8 +109,7 @@ def _prox_ce(v, y, lam, compat):
     if compat:
         return _pjax_fixed_point(v, y, lam)
     rows = jnp.moveaxis(v, -1, 0).reshape(v.shape[-1], -1), jnp.moveaxis(y, -1, 0).reshape(v.shape[-1], -1)
-    x = _newton(*rows, jnp.sum(rows[1], axis=0), lam)
-    return jnp.moveaxis(x.reshape(v.shape[-1:] + v.shape[:-1]), 0, -1)
+    return _newton(*rows, jnp.sum(rows[1], axis=0), lam).reshape(v.shape)
 
 
 _prox_ce_jit = jax.jit(_prox_ce, static_argnames=("compat",))
