@@ -4,7 +4,8 @@ Layout (schema ``projc.artifact``, version 1)::
 
     manifest.json     schema version, projc and JAX versions, source path and sha256, input,
                       classes, parameters, training configuration, platforms, sharding (the
-                      device mesh and every state array's partition spec)
+                      device mesh, every state array's partition spec, and the slots the step
+                      holds factored, whose specs are those of their written-out arrays)
     model.onnx        the source model, external data inlined (the graph trained ONNX is written into)
     schedule.json     the constraint schedule (schema projc.schedule)
     params.npz        the parameters to start from
@@ -116,6 +117,7 @@ def save(program, path: str | os.PathLike, platforms: tuple[str, ...] | None = N
 def _sharding(program) -> dict:
     """The mesh and the partition specs of the state, as the manifest records them."""
     from projc.backends.jax.sharding import MeshShape, plan
+    from projc.factored_copies import held
 
     c = program.config
     mesh = MeshShape(c.devices, c.model_parallel)
@@ -123,8 +125,12 @@ def _sharding(program) -> dict:
               "inputs": {"params": [], "x": ["batch"], "labels": ["batch"]}, "outputs": {"params": []}}
     if mesh.sharded and program.schedule is not None:
         record["state"] = plan(program.schedule.program, mesh).as_dict()["state"]
+        # these slots' specs are those of their written-out arrays: the step holds them as
+        # factors (state.Lowrank, GramLowrank) and leaves the factors' placement to XLA
+        record["factored"] = {r["key"]: r["form"] for r in held(program.schedule.program)}
     elif program.sharding is not None:  # re-saving a loaded artifact keeps what it recorded
         record["state"] = program.sharding.get("state", {})
+        record["factored"] = program.sharding.get("factored", {})
     return record
 
 

@@ -96,6 +96,29 @@ def test_plan_splits_the_batch_and_the_neurons_of_large_groups():
     assert both.groups["loss"] == (BATCH,)
 
 
+def test_the_manifest_says_which_sharded_slots_the_step_holds_factored():
+    """A sharded artifact's manifest lists each slot's partition spec as written out; the
+    slots the step holds as factors are named with their form, so the specs are not read as
+    the layout of arrays that do not exist. Re-saving a loaded artifact keeps the record."""
+    from types import SimpleNamespace
+
+    from projc.artifact import _sharding
+    from projc.factored_copies import held
+
+    sched = _schedule("mlp_digits")
+    program = SimpleNamespace(config=SimpleNamespace(devices=4, model_parallel=2), schedule=sched,
+                              sharding=None)
+    record = _sharding(program)
+    rows = held(sched.program)
+    assert rows and record["factored"] == {r["key"]: r["form"] for r in rows}
+    assert "linear_0.x" in record["factored"] and set(record["factored"]) <= set(record["state"])
+    reloaded = SimpleNamespace(config=program.config, schedule=None, sharding=record)
+    assert _sharding(reloaded)["factored"] == record["factored"]
+    single = SimpleNamespace(config=SimpleNamespace(devices=1, model_parallel=1), schedule=sched,
+                             sharding=None)
+    assert "factored" not in _sharding(single)
+
+
 def test_data_parallel_communication_is_one_all_reduce_of_the_parameters():
     sched = _schedule("mlp_digits")
     comm = communication(sched, MeshShape(4), "dr")
@@ -170,6 +193,7 @@ def test_a_sharded_artifact_reloads_and_reshards_but_never_runs_on_the_wrong_cou
     sharding = json.loads((art / "manifest.json").read_text())["sharding"]
     assert sharding["mesh"] == {"devices": 4, "batch": 2, "model": 2}
     assert sharding["state"]["linear_0.x"] == ["batch", "model", None]
+    assert sharding["factored"]["linear_0.x"] in ("lowrank", "gram")  # held as factors
     # this process has one device: a clear error, or a re-shard when asked
     with pytest.raises(projc.ProjcError, match="compiled for 4 devices, but JAX sees 1; pass --devices 1"):
         load(art)
