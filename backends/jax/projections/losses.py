@@ -67,17 +67,17 @@ def _newton(v, y, sy, lam):
     u = v + lam * y
     d0 = jnp.max(u, axis=0) - (t + jnp.log(t))
     many = u.shape[1] >= _MANY_ROWS
-    ones = jnp.ones((1, u.shape[0]), u.dtype)
 
-    def total(w):
+    def class_sum(w):
         if not many:
             return jnp.sum(w, axis=0)
+        ones = jnp.ones((1, w.shape[0]), w.dtype)
         return jnp.matmul(ones, w, precision="highest")[0]  # no TF32 products on a GPU
 
     def sums(d):
         """`sum omega(u - d)` and `sum omega'(u - d)` over the classes."""
         w = wright_omega(u - d)
-        return total(w), total(w / (1 + w))
+        return class_sum(w), class_sum(w / (1 + w))
 
     def cond(state):
         k, _, active = state
