@@ -87,6 +87,9 @@ def kernel_count(compiled) -> int:
     text = compiled.as_text()
     blocks = {m.group(2): m.group(3) for m in re.finditer(r"^(ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.M | re.S)}
     entry = re.search(r"^ENTRY %?([\w.\-]+)", text, re.M).group(1)
+    # the op of an instruction line: the first name before "(" after the (maybe tuple) type;
+    # a tuple type of six or more holds "/*index=5*/", so the "=" cannot delimit it
+    op_of = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(")
     hosts, todo = set(), [entry]
     while todo:  # the entry and every computation its control flow runs
         name = todo.pop()
@@ -94,14 +97,15 @@ def kernel_count(compiled) -> int:
             continue
         hosts.add(name)
         for line in blocks[name].splitlines():
-            if re.search(r"= [^=]*? (while|conditional|call)\(", line):
+            op = op_of.match(line)
+            if op and op.group(1) in ("while", "conditional", "call"):
                 todo += re.findall(r"(?:body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)", line)
                 for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
                     todo += [b.strip().lstrip("%") for b in group.split(",")]
     count = 0
     for name in hosts:
         for line in blocks[name].splitlines():
-            op = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(", line)
+            op = op_of.match(line)
             count += bool(op) and op.group(1) not in _NO_KERNEL
     return count
 

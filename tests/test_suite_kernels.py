@@ -29,3 +29,20 @@ def test_kernel_count_counts_fusions_once_and_looks_into_loops():
 
     # the loop's body and condition are counted, not the while instruction alone
     assert _count(looped, x) >= 3
+
+
+def test_kernel_count_looks_into_loops_that_carry_many_values():
+    """A loop carrying six or more values prints its tuple type with "/*index=5*/" in it."""
+    x = jnp.ones((64, 8), jnp.float32)
+
+    def looped(x, n):
+        def body(s):
+            i, *vs = s
+            return (i + 1, *(jnp.exp(v) - jnp.sum(v, -1, keepdims=True) for v in vs))
+
+        return jax.lax.while_loop(lambda s: s[0] < 3, body, (0, *(x + k for k in range(n))))[1:]
+
+    text = jax.jit(lambda x: looped(x, 6)).lower(x).compile().as_text()
+    assert "/*index=5*/" in text
+    # the six bodies' kernels are counted: more than with one value carried
+    assert _count(lambda x: looped(x, 6), x) > _count(lambda x: looped(x, 1), x) + 5
