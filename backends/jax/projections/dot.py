@@ -28,8 +28,8 @@ _COMPAT_STEPS = 10  # PJAX: 10 plain Newton steps from t = 0
 # Elementwise mul: blocks of this many elements keep the solver's temporaries in cache (L3 on
 # the 2-core EPYC: 65536 ran 1.6x faster than 4096, whose 784 blocks per MNIST-sized call paid
 # the loop's per-iteration dispatch), and this many Newton steps settled all of 3.2M random
-# queries (offsets ~1); a block that has not settles in `_MUL_RETRY_STEPS` (queries with
-# a ~ -b converge slowly), the rest: the exact solver.
+# queries (offsets ~1); a block that has not goes on for `_MUL_RETRY_STEPS` more (queries
+# with a ~ -b converge slowly), the rest: the exact solver.
 _MUL_BLOCK = 65536
 _MUL_STEPS = 10
 _MUL_RETRY_STEPS = 30
@@ -269,13 +269,13 @@ def _mul_exact(a, b, z, w):
 
 
 def _mul_block(args):
-    """One block: the fast solve; more steps, then the exact solver, where an element has not
-    settled."""
+    """One block: the fast solve; where an element has not settled, more steps from where it
+    stopped, then the exact solver."""
     a, b, z, c = args
-    fast, ok = _mul_fast(a, b, z, c, _MUL_STEPS)
+    fast, ok, state = _mul_solve(a, b, z, c, _MUL_STEPS)
 
     def retry():
-        more, settled = _mul_fast(a, b, z, c, _MUL_RETRY_STEPS)
+        more, settled, _ = _mul_solve(a, b, z, c, _MUL_RETRY_STEPS, state)
         return lax.cond(jnp.all(settled), lambda: more, lambda: _mul_fallback(a, b, z, c))
 
     return lax.cond(jnp.all(ok), lambda: fast, retry)
@@ -352,17 +352,34 @@ def _mul_newton(y, lo, hi, big_p, big_q, big_z, c):
     return new, lo, hi, jnp.abs(new - y)
 
 
-def _mul_fast(a, b, z, c, steps):
-    """`((a', b', z'), ok)` of one block from `steps` Newton steps, solved in float64;
-    `ok` is False where the last step was not below `_MUL_TOL` (relative) or the root is
-    within `_MUL_Y_MIN` of t = +-1."""
-    dtype = a.dtype
-    u, v, flip, big_p, big_q, big_z = _mul_canonical(*(x.astype(np.float64) for x in (a, b, z)))
-    c = c.astype(np.float64)
-    y, lo, hi = _mul_start(big_p, big_q, big_z, c)
-    moved = jnp.full_like(y, jnp.inf)
-    for _ in range(steps):  # unrolled: a handful of cheap passes over a cached block
-        y, lo, hi, moved = _mul_newton(y, lo, hi, big_p, big_q, big_z, c)
+def _mul_query(a, b, z, c):
+    """The canonical query `(u, v, flip, P, Q, Z, c)` of `_mul_canonical`, in float64."""
+    return (*_mul_canonical(*(x.astype(np.float64) for x in (a, b, z))), c.astype(np.float64))
+
+
+def _mul_begin(query):
+    """The solver's state `(y, lo, hi, moved)` before its first step."""
+    y, lo, hi = _mul_start(*query[3:])
+    return y, lo, hi, jnp.full_like(y, jnp.inf)
+
+
+def _mul_iterate(state, query, steps, *, unroll):
+    """`steps` Newton steps: unrolled (each step a handful of passes over the cached block;
+    10 steps ran about 1.2x faster so than under `lax.fori_loop`) or rolled (one loop body to
+    compile: unrolled, the retry's 30 steps were ~110 of the ~180 kernels of a mul group)."""
+    step = lambda _, st: _mul_newton(*st[:3], *query[3:])  # noqa: E731
+    if not unroll:
+        return lax.fori_loop(0, steps, step, state)
+    for i in range(steps):
+        state = step(i, state)
+    return state
+
+
+def _mul_output(state, query, dtype):
+    """`((a', b', z'), ok)` from the solver's state; `ok` is False where the last step was not
+    below `_MUL_TOL` (relative) or the root is within `_MUL_Y_MIN` of t = +-1."""
+    y, _, _, moved = state
+    u, v, flip = query[:3]
     # back to the query's orientation: 1 + m and 1 - m
     one_plus, one_minus = jnp.where(flip, y, 2 - y), jnp.where(flip, 2 - y, y)
     pu, pv = u / one_plus, v / one_minus  # a' + b' and a' - b'
@@ -370,6 +387,22 @@ def _mul_fast(a, b, z, c, steps):
     ok = (moved <= _MUL_TOL[np.dtype(dtype)] * y) & (y > _MUL_Y_MIN)
     ok &= jnp.isfinite(out[0]) & jnp.isfinite(out[1]) & jnp.isfinite(out[2])
     return tuple(o.astype(dtype) for o in out), ok
+
+
+def _mul_solve(a, b, z, c, steps, state=None):
+    """`((a', b', z'), ok, state)` of one block after `steps` Newton steps, solved in float64
+    (see `_mul_output` for `ok`): from the start, unrolled; or from an earlier `state`, rolled
+    (the rarely taken retry; its query is recomputed, as sharing it with the fast path wrote
+    its float64 arrays out and made the fast path 1.4x slower)."""
+    query = _mul_query(a, b, z, c)
+    fresh = state is None
+    state = _mul_iterate(_mul_begin(query) if fresh else state, query, steps, unroll=fresh)
+    return (*_mul_output(state, query, a.dtype), state)
+
+
+def _mul_fast(a, b, z, c, steps):
+    """`((a', b', z'), ok)` of one block from `steps` Newton steps from the start."""
+    return _mul_solve(a, b, z, c, steps)[:2]
 
 
 # --- PJAX-compatible operator ----------------------------------------------------------------
