@@ -143,6 +143,8 @@ def operators():
             ("sum_act relu k=2 (slots)", _sum_act("relu", True)),
             ("sum_act relu k=2 (stacked)", _sum_act("relu", False)),
             ("sum_act tanh k=2 (slots)", _sum_act("tanh", True)),
+            ("sum_act sigmoid k=2 (slots)", _sum_act("sigmoid", True)),
+            ("sum_act softplus k=2 (slots)", _sum_act("softplus", True)),
             ("sum_act sign k=2 (slots)", _sum_act("sign", True)),
         ]),
         *_optional("losses", [("prox cross-entropy C=10", _cross_entropy)]),
