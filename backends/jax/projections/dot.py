@@ -365,7 +365,7 @@ def _mul_begin(query):
 
 def _mul_iterate(state, query, steps, *, unroll):
     """`steps` Newton steps: unrolled (each step a handful of passes over the cached block;
-    10 steps ran about 1.2x faster so than under `lax.fori_loop`) or rolled (one loop body to
+    10 steps ran about 1.2x faster than under `lax.fori_loop`) or rolled (one loop body to
     compile: unrolled, the retry's 30 steps were ~110 of the ~180 kernels of a mul group)."""
     step = lambda _, st: _mul_newton(*st[:3], *query[3:])  # noqa: E731
     if not unroll:
