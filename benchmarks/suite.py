@@ -82,8 +82,9 @@ def kernel_count(compiled) -> int:
     compile time, and for the time per iteration of small models. A rough one: XLA compiles
     identical fusions once, and a kernel's LLVM time varies from a few ms to hundreds (the
     MNIST 784-128 DR step counts 133 kernels without its final violation and 232 with it,
-    whose projections repeat the loop's, and compiles in about 2.5 s either way; the LSTM
-    digits step counts 933 and 1741 and takes about 11 s and 15-19 s).
+    whose projections repeat the loop's, and its XLA compile took 1.7-2.7 s and 2.4-3.5 s,
+    within each other's noise; the LSTM digits step counts 933 and 1741 and took 10-11 s and
+    15-19 s).
     """
     text = compiled.as_text()
     blocks = {m.group(2): m.group(3) for m in re.finditer(r"^(ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.M | re.S)}

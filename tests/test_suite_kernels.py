@@ -44,5 +44,5 @@ def test_kernel_count_looks_into_loops_that_carry_many_values():
 
     text = jax.jit(lambda x: looped(x, 6)).lower(x).compile().as_text()
     assert "/*index=5*/" in text
-    # the six bodies' kernels are counted: more than with one value carried
+    # the body's kernels are counted: one pass per carried value, so six values count more than one
     assert _count(lambda x: looped(x, 6), x) > _count(lambda x: looped(x, 1), x) + 5
