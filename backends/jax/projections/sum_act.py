@@ -17,7 +17,8 @@ forward function and how to find the global minimiser of that 1-D cost:
   tells where Newton's method converges to each, so two chains from known starts suffice
   (see `Softplus`).
 - `Sigmoidal` (tanh, sigmoid = (1 + tanh(s/2))/2): the same bracket and two Newton chains,
-  one of them from the derivative's inflection, known in closed form (see `Sigmoidal.solve`).
+  one of them from the derivative's inflection, known in closed form, or from the saturated
+  tail's root where that lies further on (see `Sigmoidal`).
 """
 
 from __future__ import annotations
@@ -182,9 +183,10 @@ class Smooth:
 
 
 # Newton steps of `Softplus`' chains: 4 (float32) and 6 (float64) were the fewest with no
-# query worse than a dense grid refined by golden sections, over 1.6e5 queries with |s| and |y|
-# to 1e5, w from 1e-6 to 1e6 and k from 1 to 16; more for margin. Each step costs about a tenth of
-# the whole projection (compute-bound: float32 6 steps ran 236 ms, 8 steps 300 ms per 3.2M).
+# query worse than a dense grid refined by golden sections, over 8e4 queries per dtype with |s|
+# and |y| to 1e5, w from 1e-6 to 1e6 and k from 1 to 16; more for margin. Each step costs
+# about a tenth of the whole projection (compute-bound: float32 6 steps ran 236 ms, 8 steps
+# 300 ms per 3.2M elements).
 _SOFTPLUS_STEPS = {4: 6, 8: 10}
 
 
@@ -282,10 +284,13 @@ class Sigmoidal(Smooth):
     - the first from `s` (where `g < 0`), concave: the tangent's root never passes the
       crossing;
     - the last from `M` clipped into the bracket: from the right on the convex piece when
-      `g(M) >= 0`, from the left on the concave one above `M` otherwise.
+      `g(M) >= 0`, from the left on the concave one above `M` otherwise. There, where the
+      root of g's saturated-tail model lies beyond `M` and g is still < 0 at it, it starts
+      at that root instead (still left of the crossing on the concave increasing piece),
+      which saves the ~1/(2 rate) per step that Newton crawls through the tail.
     The cheaper of the two limits and the bracket's end wins. Newton steps use the
     activation's own derivatives (no precision lost to the change of frame); only the starting
-    point `M` comes from the tanh frame (`test_sigmoidal_extreme_queries` checks the far tail
+    points come from the tanh frame (`test_sigmoidal_extreme_queries` checks the far tail
     against a dense grid).
     """
 
@@ -313,7 +318,8 @@ class Sigmoidal(Smooth):
         start = jnp.clip(sign * jnp.arctanh(big_m) / self.rate, lo, hi)
         # Deep in the saturated tail the last chain would crawl (~1/(2 rate) per step): start
         # it at the tail model's root instead where that is still left of the root (oriented).
-        tail = jnp.clip(sign * self._tail_start(sign * s, sign * yt - 1, sign * start, k, w), lo, hi)
+        tail = sign * self._tail_start(sign * s, sign * yt - 1, sign * start, k, w)
+        tail = jnp.clip(tail, lo, hi)
         ahead = (sign * tail > sign * start) & (sign * self._grad(tail, s, y, k, w)[0] < 0)
         start = jnp.where(ahead, tail, start)
 
