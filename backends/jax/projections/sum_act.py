@@ -233,7 +233,7 @@ class Softplus(Smooth):
         # Below s the root is unique: both chains start at `below`, as the one from s may
         # still be on its way (~1 step per unit of t in the tail) and tie on cost with it.
         chains = ((jnp.where(above, s, below), lo, hi), (jnp.where(above, b, below), lo, hi))
-        steps = _SOFTPLUS_STEPS.get(s.dtype.itemsize, 10)
+        steps = _SOFTPLUS_STEPS.get(s.dtype.itemsize, max(_SOFTPLUS_STEPS.values()))
         chains = lax.fori_loop(0, steps, lambda _, c: self._newton(c, s, y, k, w), chains)
         return self._choose((chains[0][0], chains[1][0], b), s, y, k, w)
 
@@ -331,7 +331,7 @@ class Sigmoidal(Smooth):
                 out.append(jnp.clip(jnp.where(rising, t - g / jnp.where(rising, dg, 1), t), lo, hi))
             return tuple(out)
 
-        steps = _SIGMOIDAL_STEPS.get(s.dtype.itemsize, 20)
+        steps = _SIGMOIDAL_STEPS.get(s.dtype.itemsize, max(_SIGMOIDAL_STEPS.values()))
         first, last = lax.fori_loop(0, steps, newton, (s, start))
         return self._choose((first, last, b), s, y, k, w)
 
