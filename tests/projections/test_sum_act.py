@@ -12,6 +12,7 @@ from projc.backends.jax.projections.sum_act import (
     activation_forward,
     project_sum_act,
 )
+from projc.backends.reference import least_cost
 from projc.backends.reference import projections_act as ref
 
 ACTS = {
@@ -211,16 +212,6 @@ def test_slot_layout_matches_stacked_layout(act, params, compat):
     np.testing.assert_allclose(np.asarray(ys2), np.asarray(y2), rtol=1e-6, atol=1e-6)
 
 
-def _golden_min(cost, lo, hi, steps=80):
-    """The least `cost` on each `[lo, hi]` by golden-section search (vectorised)."""
-    ratio = (np.sqrt(5) - 1) / 2
-    for _ in range(steps):
-        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        left = cost(m1) < cost(m2)
-        lo, hi = np.where(left, lo, m1), np.where(left, m2, hi)
-    return cost((lo + hi) / 2)
-
-
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_sigmoidal_extreme_queries(act, dtype):
@@ -238,22 +229,8 @@ def test_sigmoidal_extreme_queries(act, dtype):
     y, w = y.astype(dtype), w.astype(dtype)
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w))
     _check_on_graph(act, {}, x2, y2, dtype, x)
-    assert np.all(_distance(x, y, x2, y2, w) <= _sigmoidal_best(act, x, y, w) + _atol(x, y, w, dtype))
-
-
-def _sigmoidal_best(act, x, y, w):
-    """The least distance for tanh or sigmoid: a dense grid over the bracket, refined by golden
-    sections around its best node (float64)."""
-    k = x.shape[-1]
-    s, y64, w64 = x.astype(float).sum(-1)[:, None], y.astype(float)[:, None], w.astype(float)[:, None]
-    f = lambda t: ref.activation_forward(act, t)  # noqa: E731
-    cost = lambda t: (t - s) ** 2 / k + w64 * (f(t) - y64) ** 2  # noqa: E731
-    radius = k * w64 * (np.abs(y64) + 1) + 3  # |t* - s| <= k w |f(s) - y| sup f'
-    grid = s + radius * np.linspace(-1, 1, 20001)
-    j = np.argmin(cost(grid), axis=1)[:, None]
-    lo = np.take_along_axis(grid, np.maximum(j - 1, 0), 1)
-    hi = np.take_along_axis(grid, np.minimum(j + 1, grid.shape[1] - 1), 1)
-    return np.sqrt(np.minimum(_golden_min(cost, lo, hi), np.take_along_axis(cost(grid), j, 1)))[:, 0]
+    best = least_cost.sigmoidal(act, x.astype(float).sum(-1), y, w, x.shape[-1])
+    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
 
 
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])
@@ -274,7 +251,8 @@ def test_sigmoidal_tail_start_saves_steps(act, monkeypatch):
     x = np.stack([s / 2 + 1, s / 2 - 1], -1)
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w))
     jax.clear_caches()  # nothing traced at 12 steps outlives the test
-    assert np.all(_distance(x, y, x2, y2, w) <= _sigmoidal_best(act, x, y, w) + _atol(x, y, w, F64))
+    best = least_cost.sigmoidal(act, x.astype(float).sum(-1), y, w, x.shape[-1])
+    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, F64))
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -310,31 +288,6 @@ def test_tanh_derivatives_keep_their_digits(dtype):
     np.testing.assert_allclose(np.asarray(d1), want_d1, rtol=8 * np.finfo(dtype).eps, atol=0)
 
 
-def _softplus_best(s, y, w, k):
-    """The least 1-D softplus cost per query, in float64: dense grids over the bracket
-    `[s, b]` (uniform in t, uniform in softplus(t), and geometric towards both ends, where
-    minimisers pile up in the saturated tail), refined by golden sections."""
-    sp = lambda t: np.logaddexp(0, t)  # noqa: E731
-    inv = lambda v: v + np.log(-np.expm1(-v))  # noqa: E731
-    s, y, w = (np.asarray(v, float)[:, None] for v in (s, y, w))
-    cost = lambda t: (t - s) ** 2 / k + w * (sp(t) - y) ** 2  # noqa: E731
-    lip = s + k * w * (y - sp(s))  # |t* - s| <= k w |softplus(s) - y|
-    with np.errstate(all="ignore"):
-        r = np.where(y > 0, inv(np.maximum(y, 1e-300)), lip)
-        b = np.where(np.abs(r - s) < np.abs(lip - s), r, lip)
-        tau = np.linspace(0, 1, 4001)
-        tf = inv(np.maximum(sp(s) + (sp(b) - sp(s)) * tau, 1e-300))
-    off = np.logspace(-12, 0, 400)
-    grid = np.concatenate([s + (b - s) * tau, np.where(np.isfinite(tf), tf, s),
-                           s + (b - s) * off, b - (b - s) * off], axis=1)
-    grid = np.sort(grid, axis=1)
-    c = cost(grid)
-    j = np.argmin(c, axis=1)[:, None]
-    lo = np.take_along_axis(grid, np.maximum(j - 1, 0), 1)
-    hi = np.take_along_axis(grid, np.minimum(j + 1, grid.shape[1] - 1), 1)
-    return np.sqrt(np.minimum(_golden_min(cost, lo, hi, 100), np.take_along_axis(c, j, 1)))[:, 0]
-
-
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("k", [1, 3])
 def test_softplus_extreme_queries(dtype, k):
@@ -359,7 +312,7 @@ def test_softplus_extreme_queries(dtype, k):
     y, w = y.astype(dtype), w.astype(dtype)
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, "softplus", w))
     _check_on_graph("softplus", {}, x2, y2, dtype, x)
-    best = _softplus_best(x.astype(float).sum(-1), y, w, k)
+    best = least_cost.softplus(x.astype(float).sum(-1), y, w, k)
     assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
 
 

@@ -186,7 +186,8 @@ class Smooth:
 # query worse than a dense grid refined by golden sections, over 8e4 queries per dtype with |s|
 # and |y| to 1e5, w from 1e-6 to 1e6 and k from 1 to 16; more for margin. Each step costs
 # about a tenth of the whole projection (compute-bound: float32 6 steps ran 236 ms, 8 steps
-# 300 ms per 3.2M elements).
+# 300 ms per 3.2M elements). `benchmarks/step_counts.py` re-derives the fewest (3 and 5 on its
+# 2000 queries per dtype).
 _SOFTPLUS_STEPS = {4: 6, 8: 10}
 
 
@@ -241,6 +242,8 @@ class Softplus(Smooth):
 # Newton steps of the two chains: the fewest with no query worse than a dense grid refined by
 # golden sections (2e4 queries, |s| and |y| to 1e4, w from 1e-3 to 1e3) were 8 for float32 and,
 # with the last chain started at the tail model's root, 12 for float64 (16 without); margin.
+# `benchmarks/step_counts.py` re-derives them (tanh 7 and 11-12, sigmoid 5 and 10 on its 2000
+# extreme and saturated-tail queries per dtype).
 _SIGMOIDAL_STEPS = {4: 10, 8: 16}
 # Newton steps for the inflection `M`: from `_tanh_inflections`' start, 2 reach float32's
 # rounding of M (1.4 ulp over |y| in [1e-8, 1e5]) and 3 float64's (1e-14).
