@@ -13,6 +13,7 @@ Run: `python benchmarks/step_counts.py [--queries 2000] [--only tanh] [--seed 0]
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import jax
 import numpy as np
@@ -36,7 +37,8 @@ def sigmoidal_queries(act, rng, n):
     scale = rng.choice([0.1, 1.0, 10.0, 1e2, 1e3, 1e4], size=half)
     lo_y = -1.2 if act == "tanh" else -0.2
     s = np.concatenate([rng.normal(size=half) * scale, rng.normal(size=n - half) * 10])
-    y = np.concatenate([np.where(rng.random(half) < 0.5, rng.uniform(lo_y, 1.2, half), rng.normal(size=half) * scale),
+    extreme = np.where(rng.random(half) < 0.5, rng.uniform(lo_y, 1.2, half), rng.normal(size=half) * scale)
+    y = np.concatenate([extreme,
                         rng.choice([-1, 1], size=n - half) * _log_uniform(rng, 2, 1e4, n - half)])
     w = np.concatenate([_log_uniform(rng, 1e-3, 1e3, half), _log_uniform(rng, 1, 1e3, n - half)])
     return s, y, w
@@ -53,8 +55,7 @@ def softplus_queries(act, rng, n):
 
 
 QUERIES = {"tanh": sigmoidal_queries, "sigmoid": sigmoidal_queries, "softplus": softplus_queries}
-BEST = {"tanh": lambda s, y, w, k: least_cost.sigmoidal("tanh", s, y, w, k),
-        "sigmoid": lambda s, y, w, k: least_cost.sigmoidal("sigmoid", s, y, w, k),
+BEST = {"tanh": partial(least_cost.sigmoidal, "tanh"), "sigmoid": partial(least_cost.sigmoidal, "sigmoid"),
         "softplus": least_cost.softplus}
 
 
@@ -70,10 +71,7 @@ def failures(act, dtype, x, y, w, best, steps, ulps):
         setattr(sum_act, name, table)
         jax.clear_caches()
     dist = np.sqrt(ref.sum_act_cost(x, y, x2, y2, w))
-    # rounding of the magnitudes involved; the tests allow 64 (float32) and 1000 (float64) eps
-    tol = (ulps or (64 if dtype == np.float32 else 1e3)) * np.finfo(dtype).eps
-    tol = tol * (np.abs(x).sum(-1) + np.abs(y) * np.sqrt(w) + 1)
-    return int(np.sum(~(dist <= best + tol)))
+    return int(np.sum(~(dist <= best + least_cost.tolerance(x, y, w, dtype, ulps))))
 
 
 def main(argv=None) -> None:

@@ -24,6 +24,13 @@ def golden_min(cost, lo, hi, steps=80):
     return cost((lo + hi) / 2)
 
 
+def tolerance(x, y, w, dtype, eps_units=None):
+    """Rounding-level tolerance on a distance from the query `(x, y)`, from the magnitudes
+    involved: `eps_units` (by default 64 for float32, 1000 for float64) eps of them."""
+    units = (64 if np.dtype(dtype) == np.float32 else 1e3) if eps_units is None else eps_units
+    return units * np.finfo(dtype).eps * (np.abs(x).sum(-1) + np.abs(y) * np.sqrt(w) + 1)
+
+
 def _refined(cost, grid, steps):
     """The least cost over each row of a sorted `grid` and golden sections between the
     neighbours of its best node."""
@@ -66,4 +73,4 @@ def softplus(s, y, w, k):
     return _refined(cost, np.sort(grid, axis=1), 100)
 
 
-__all__ = ["golden_min", "sigmoidal", "softplus"]
+__all__ = ["golden_min", "sigmoidal", "softplus", "tolerance"]

@@ -65,13 +65,6 @@ def _distance(x, y, x2, y2, w):
     return np.sqrt(ref.sum_act_cost(x, y, x2, y2, w))
 
 
-def _atol(x, y, w, dtype):
-    """Rounding-level tolerance on a distance, from the magnitudes involved."""
-    eps = np.finfo(dtype).eps
-    mag = np.abs(x).sum(-1) + np.abs(y) * np.sqrt(w) + 1
-    return (64 if dtype == np.float32 else 1e3) * eps * mag
-
-
 def _brute_force(x, y, w, act, params, rng):
     """The least distance over random candidates around s and a grid in s (the 1-D problem)."""
     k, s = x.shape[-1], x.astype(float).sum(-1)
@@ -108,7 +101,7 @@ def test_projection_properties(act, dtype, k, data):
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w, **params))
     assert x2.dtype == dtype and y2.dtype == dtype and x2.shape == x.shape and y2.shape == y.shape
     _check_on_graph(act, params, x2, y2, dtype, x)
-    atol = _atol(x, y, w, dtype)
+    atol = least_cost.tolerance(x, y, w, dtype)
     # Global optimality: no worse than the twin, random candidates and a dense grid in s.
     dist = _distance(x, y, x2, y2, w)
     rx, ry = ref.project_sum_act(x, y, act, w, **params)
@@ -230,7 +223,7 @@ def test_sigmoidal_extreme_queries(act, dtype):
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w))
     _check_on_graph(act, {}, x2, y2, dtype, x)
     best = least_cost.sigmoidal(act, x.astype(float).sum(-1), y, w, x.shape[-1])
-    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
+    assert np.all(_distance(x, y, x2, y2, w) <= best + least_cost.tolerance(x, y, w, dtype))
 
 
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])
@@ -252,7 +245,7 @@ def test_sigmoidal_tail_start_saves_steps(act, monkeypatch):
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, act, w))
     jax.clear_caches()  # nothing traced at 12 steps outlives the test
     best = least_cost.sigmoidal(act, x.astype(float).sum(-1), y, w, x.shape[-1])
-    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, F64))
+    assert np.all(_distance(x, y, x2, y2, w) <= best + least_cost.tolerance(x, y, w, F64))
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -313,7 +306,7 @@ def test_softplus_extreme_queries(dtype, k):
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, "softplus", w))
     _check_on_graph("softplus", {}, x2, y2, dtype, x)
     best = least_cost.softplus(x.astype(float).sum(-1), y, w, k)
-    assert np.all(_distance(x, y, x2, y2, w) <= best + _atol(x, y, w, dtype))
+    assert np.all(_distance(x, y, x2, y2, w) <= best + least_cost.tolerance(x, y, w, dtype))
 
 
 @pytest.mark.parametrize("act", ["sigmoid", "tanh", "softplus"])
