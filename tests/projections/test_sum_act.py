@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from projc.backends.jax.projections import blocks
 from projc.backends.jax.projections.sum_act import (
     ACTIVATIONS,
     activation_forward,
@@ -324,3 +325,25 @@ def test_smooth_outputs_stay_on_the_graph_at_near_ties(act, dtype):
     x = np.stack([s / k] * k, -1).astype(dtype)
     x2, y2 = (np.asarray(a) for a in project_sum_act(x, y.astype(dtype), act, w.astype(dtype)))
     _check_on_graph(act, {}, x2, y2, dtype, x)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "softplus"])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_smooth_solvers_in_blocks_match_whole_arrays(act, dtype, monkeypatch):
+    """In cached blocks (here of 64 elements: 300 queries, the last block padded) the smooth
+    solvers give the whole-array answer; the padding's queries are dropped."""
+    rng = np.random.default_rng(13)
+    s = rng.normal(size=300) * rng.choice([0.1, 1.0, 10.0, 1e3], size=300)
+    x = np.stack([s / 2 + 1, s / 2 - 1], -1).astype(dtype)
+    y = (rng.normal(size=300) * 2).astype(dtype)
+    w = np.exp(rng.uniform(-3, 3, 300)).astype(dtype)
+    outs = []
+    for block in (None, 64):
+        monkeypatch.setattr(blocks, "CPU_BLOCK", block or blocks.CPU_BLOCK)
+        monkeypatch.setattr(blocks, "cache_blocking", lambda on=block is not None: on)
+        jax.clear_caches()  # the jitted operator is retraced with the patched policy
+        outs.append([np.asarray(a) for a in project_sum_act(x, y, act, w)])
+    _check_on_graph(act, {}, *outs[1], dtype, x)
+    for whole, blocked in zip(*outs):
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(blocked, whole, rtol=8 * eps, atol=8 * eps)

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from projc.backends.jax.projections.blocks import flat_map
+
 # |rho| bound: e^(2R) stays finite in the dtype, so alpha^2 does too (XLA may rewrite
 # (sqrt(U) alpha)^2 as U alpha^2, and 0 * inf would be NaN). Beyond it t is within 2e^-R of
 # +-1 and the boundary limit of `_boundary` is exact to that order.
@@ -27,9 +29,10 @@ _NEWTON_STEPS = 40  # safeguarded Newton from the best start needs 6-8; bisectio
 _COMPAT_STEPS = 10  # PJAX: 10 plain Newton steps from t = 0
 # Elementwise mul: blocks of this many elements keep the solver's temporaries in cache (L3 on
 # the 2-core EPYC: 65536 ran 1.6x faster than 4096, whose 784 blocks per MNIST-sized call paid
-# the loop's per-iteration dispatch), and this many Newton steps settled all of 3.2M random
-# queries (offsets ~1); a block that has not goes on for `_MUL_RETRY_STEPS` more (queries
-# with a ~ -b converge slowly), the rest: the exact solver.
+# the loop's per-iteration dispatch; `blocks.flat_map`, so on one CPU device only), and this
+# many Newton steps settled all of 3.2M random queries (offsets ~1); a block that has not goes
+# on for `_MUL_RETRY_STEPS` more (queries with a ~ -b converge slowly), the rest: the exact
+# solver.
 _MUL_BLOCK = 65536
 _MUL_STEPS = 10
 _MUL_RETRY_STEPS = 30
@@ -252,20 +255,10 @@ def _mul_fast_ok(dtype):
 def _mul_exact(a, b, z, w):
     """`project_mul`'s exact operator: the blocked fast solver with per-block fallback."""
     shape = jnp.broadcast_shapes(a.shape, b.shape, z.shape, w.shape)
-    size = int(np.prod(shape))
-    if size == 0:
+    if int(np.prod(shape)) == 0:
         return tuple(jnp.zeros(shape, a.dtype) for _ in range(3))
-    block = min(_MUL_BLOCK, size)
-    count = -(-size // block)
-
-    def blocks(x, fill):
-        flat = jnp.broadcast_to(x, shape).reshape(-1)
-        return jnp.pad(flat, (0, count * block - size), constant_values=fill).reshape(count, block)
-
     # padding (a, b, z, c) = (0, 0, 0, 1) is a query whose root y = 1 settles at once
-    args = (blocks(a, 0), blocks(b, 0), blocks(z, 0), blocks(1 / w, 1))
-    outs = lax.map(_mul_block, args)
-    return tuple(o.reshape(-1)[:size].reshape(shape) for o in outs)
+    return flat_map(lambda *q: _mul_block(q), (a, b, z, 1 / w), (0, 0, 0, 1), _MUL_BLOCK)
 
 
 def _mul_block(args):

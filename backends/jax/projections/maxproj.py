@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from projc.backends.jax.projections.blocks import cache_blocking
+
 
 def project_max(a, z, w=1.0):
     """Project `(a, z)` onto `{z = max(a, -1)}` with output weight `w` (method.md section 2).
@@ -79,7 +81,7 @@ def _block_rows(rows):
 def _project_long(a, z, w):
     """`project_max` on rows `(R, n)`: `lax.map` over row blocks, each solved in cache."""
     rows, n = a.shape
-    blk = _block_rows(rows)
+    blk = _block_rows(rows) if cache_blocking() else rows  # see `blocks`: CPU only
     if blk == rows:
         return _project_block(a, z, w)
     a2, m = lax.map(lambda x: _project_block(*x), (a.reshape(-1, blk, n), z.reshape(-1, blk),

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from projc.backends.jax.projections.blocks import flat_map
+
 _INF = math.inf
 
 
@@ -429,6 +431,21 @@ def _pjax_relu(x, y):
     return jnp.where((d1 < d2)[..., None], x1, x2)
 
 
+def _solve(spec, s, y, k, w, p, mag):
+    """`spec.solve`; the iterative solvers in cached blocks (`blocks.flat_map`: Softplus 1.7x
+    faster at 12.8M elements), the closed forms on whole arrays, where they fuse with the
+    passes around them."""
+    if not isinstance(spec, Smooth):
+        return spec.solve(s, y, k, w, p, mag)
+    lo, hi = spec.range
+    fills = (0, (lo + hi) / 2 if hi < _INF else lo + 1, 1, 0)  # padding: y inside the range
+
+    def solve(s, y, w, mag):
+        return (spec.solve(s, y, k, w, p, mag),)
+
+    return flat_map(solve, (s, y, w, mag), fills)[0]
+
+
 @partial(jax.jit, static_argnames=("act", "params", "compat"))
 def _project_slots(xs, y, w, act, params, compat):
     """The same projection with the k inputs as k separate arrays (the state's slot layout):
@@ -442,7 +459,7 @@ def _project_slots(xs, y, w, act, params, compat):
     y = jnp.broadcast_to(jnp.asarray(y, dt), shape)
     w = jnp.ones_like(y) if compat else jnp.broadcast_to(jnp.asarray(w, dt), shape)
     s = sum(xs[1:], xs[0])
-    s2 = spec.solve(s, y, k, w, p, sum((jnp.abs(x) for x in xs[1:]), jnp.abs(xs[0])))
+    s2 = _solve(spec, s, y, k, w, p, sum((jnp.abs(x) for x in xs[1:]), jnp.abs(xs[0])))
     d = (s2 - s) / k
     return tuple(x + d for x in xs), spec.forward(s2, p)
 
@@ -459,7 +476,7 @@ def _project(x, y, w, act, params, compat):
     w = jnp.ones_like(y) if compat else jnp.broadcast_to(w, y.shape)
     k = x.shape[-1]
     s = jnp.sum(x, axis=-1)
-    s2 = spec.solve(s, y, k, w, p, jnp.sum(jnp.abs(x), axis=-1))
+    s2 = _solve(spec, s, y, k, w, p, jnp.sum(jnp.abs(x), axis=-1))
     return x + ((s2 - s) / k)[..., None], spec.forward(s2, p)
 
 
