@@ -243,9 +243,12 @@ class Softplus(Smooth):
 
 # Newton steps of the two chains: the fewest with no query worse than a dense grid refined by
 # golden sections (2e4 queries, |s| and |y| to 1e4, w from 1e-3 to 1e3) were 8 for float32 and,
-# with the last chain started at the tail model's root, 12 for float64 (16 without); margin.
-# `benchmarks/step_counts.py` re-derives them (tanh 7 and 11-12, sigmoid 5 and 10 on its 2000
-# extreme and saturated-tail queries per dtype).
+# with the last chain started at the tail model's root, 12 for float64 (16 without). float32
+# has no margin left near saturation (|y| 0.9..0.9999 in the tanh frame, where the last chain
+# climbs from M): tanh needed 8 there at k = 4 and w to 1e3, 9 at k = 16, 10 at k = 4 and w to
+# 1e4 (1e4 queries each); larger k w would need more. `benchmarks/step_counts.py` re-derives
+# them (tanh 9 and 11, sigmoid 7 and 9 on its 2000 extreme, saturated-tail and near-saturation
+# queries per dtype at k = 2).
 _SIGMOIDAL_STEPS = {4: 10, 8: 16}
 # Newton steps for the inflection `M`: from `_tanh_inflections`' start, 2 reach float32's
 # rounding of M (1.4 ulp over |y| in [1e-8, 1e5]) and 3 float64's (1e-14).
