@@ -241,15 +241,19 @@ class Softplus(Smooth):
         return self._choose((chains[0][0], chains[1][0], b), s, y, k, w)
 
 
-# Newton steps of the two chains: the fewest with no query worse than a dense grid refined by
-# golden sections (2e4 queries, |s| and |y| to 1e4, w from 1e-3 to 1e3) were 8 for float32 and,
-# with the last chain started at the tail model's root, 12 for float64 (16 without). float32
-# has no margin left near saturation (|y| 0.9..0.9999 in the tanh frame, where the last chain
-# climbs from M): tanh needed 8 there at k = 4 and w to 1e3, 9 at k = 16, 10 at k = 4 and w to
-# 1e4 (1e4 queries each); larger k w would need more. `benchmarks/step_counts.py` re-derives
-# them (tanh 9 and 11, sigmoid 7 and 9 on its 2000 extreme, saturated-tail and near-saturation
-# queries per dtype at k = 2).
-_SIGMOIDAL_STEPS = {4: 10, 8: 16}
+# Newton steps of the two chains. `benchmarks/step_counts.py` (a third each: extreme queries,
+# |s| and |y| to 1e4 and w from 1e-3 to 1e3; deep in the saturated tail; near saturation, |y|
+# 0.9..0.9999 in the tanh frame and w to 1e4) finds no query worse than a dense grid refined by
+# golden sections from 3 steps (float32) and 5 (float64) on, for tanh and sigmoid, at k = 1,
+# 2, 4 and 16 (2000-3000 queries each). Before the last chain started at the tail's exact
+# root, they were 9 and 11: Newton climbed from M through the saturation, and float32's old
+# 10 steps had no margin at k w ~ 4e4 near saturation.
+_SIGMOIDAL_STEPS = {4: 6, 8: 8}
+# The tail start (`Sigmoidal._tail_start`): fixed-point steps, and the shift left of the root.
+# Fewest steps (float32 / float64) on step_counts' default queries: 2 steps and 0.05: 3 / 5;
+# 4 and 0.05: the same; 2 and 0.15: 4 / 5; 3 and 0.1: 5 / 8 (not understood).
+_TAIL_ITERATIONS = 2
+_TAIL_SHIFT = 0.05
 # Newton steps for the inflection `M`: from `_tanh_inflections`' start, 2 reach float32's
 # rounding of M (1.4 ulp over |y| in [1e-8, 1e5]) and 3 float64's (1e-14).
 _INFLECTION_STEPS = {4: 2, 8: 3}
@@ -292,10 +296,11 @@ class Sigmoidal(Smooth):
     - the first from `s` (where `g < 0`), concave: the tangent's root never passes the
       crossing;
     - the last from `M` clipped into the bracket: from the right on the convex piece when
-      `g(M) >= 0`, from the left on the concave one above `M` otherwise. There, where the
-      root of g's saturated-tail model lies beyond `M` and g is still < 0 at it, it starts
-      at that root instead (still left of the crossing on the concave increasing piece),
-      which saves the ~1/(2 rate) per step that Newton crawls through the tail.
+      `g(M) >= 0`, from the left on the concave one above `M` otherwise. There it starts
+      just left of g's root on the saturated side (`_tail_start`: y beyond the range or
+      near its end) where that lies beyond `M` and g is < 0 at it: still left of the
+      crossing on the concave increasing piece, whichever root the fixed point found. That
+      saves the ~1/(2 rate) per step that Newton crawls through the saturation.
     The cheaper of the two limits and the bracket's end wins. Newton steps use the
     activation's own derivatives (no precision lost to the change of frame); only the starting
     points come from the tanh frame (`test_sigmoidal_extreme_queries` checks the far tail
@@ -307,14 +312,26 @@ class Sigmoidal(Smooth):
     rate: float = 1.0
 
     def _tail_start(self, s, over, t, k, w):
-        """In the oriented frame, with y beyond the saturation by `over` (in the tanh frame):
-        the root of g's tail model `(t - s)/k = 4 w scale^2 rate over e^(-2 rate t)`, by two
-        fixed-point steps from t (they contract by `1/(2 rate (t - s))`); -inf where
-        `over <= 0` or w = 0 (no tail root)."""
-        c = 4 * k * w * self.scale ** 2 * self.rate * jnp.maximum(over, 0)
-        for _ in range(2):
-            t = -jnp.log(jnp.maximum(t - s, 1e-3) / c) / (2 * self.rate)
-        return t
+        """In the oriented frame, with y above the saturation by `over` (in the tanh frame;
+        negative where y is inside the range): a root of g on the saturated side, by
+        `_TAIL_ITERATIONS` fixed-point steps from t, then `_TAIL_SHIFT / rate` to its left.
+
+        With `E = e^(-2 rate t)`, `1 - u = 2E/(1 + E)` and `1 - u^2 = 4E/(1 + E)^2` exactly,
+        so g = 0 reads `(8 + 4 over) E^2 + 4 over E = A (1 + E)^3`, `A = (t - s)/(k w scale^2
+        rate)`. Each step solves that quadratic in E with A and `(1 + E)^3` from the last one
+        (they contract by about `1/(2 rate (t - s))`). At the root g is ~0 and its sign left to
+        rounding: the shift puts the start where g < 0, as the caller checks. NaN where w = 0
+        (no finite root), which the caller's check rejects."""
+        c = k * w * self.scale ** 2 * self.rate
+        alpha, beta = 8 + 4 * over, 4 * over
+        e = jnp.exp(-2 * self.rate * t)
+        for _ in range(_TAIL_ITERATIONS):
+            gamma = jnp.maximum(t - s, 1e-3) / c * (1 + e) ** 3
+            root = jnp.sqrt(beta * beta + 4 * alpha * gamma)
+            # the root without cancelling: beta > 0 where y lies beyond the range
+            e = jnp.where(beta > 0, 2 * gamma / (beta + root), (root - beta) / (2 * alpha))
+            t = -jnp.log(e) / (2 * self.rate)
+        return t - _TAIL_SHIFT / self.rate
 
     def solve(self, s, y, k, w, p, mag):
         b = self._bracket_end(s, y, k, w)
@@ -324,8 +341,8 @@ class Sigmoidal(Smooth):
         big_m = _tanh_inflections(jnp.where(flip, -yt, yt))  # |M| < 0.58: arctanh is safe
         sign = jnp.where(flip, -1, 1)
         start = jnp.clip(sign * jnp.arctanh(big_m) / self.rate, lo, hi)
-        # Deep in the saturated tail the last chain would crawl (~1/(2 rate) per step): start
-        # it at the tail model's root instead where that is still left of the root (oriented).
+        # Through the saturation the last chain would crawl (~1/(2 rate) per step): start it
+        # just left of the saturated side's root where g (oriented) is still < 0 there.
         tail = sign * self._tail_start(sign * s, sign * yt - 1, sign * start, k, w)
         tail = jnp.clip(tail, lo, hi)
         ahead = (sign * tail > sign * start) & (sign * self._grad(tail, s, y, k, w)[0] < 0)
