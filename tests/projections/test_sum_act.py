@@ -347,3 +347,16 @@ def test_smooth_solvers_in_blocks_match_whole_arrays(act, dtype, monkeypatch):
     for whole, blocked in zip(*outs):
         eps = np.finfo(dtype).eps
         np.testing.assert_allclose(blocked, whole, rtol=8 * eps, atol=8 * eps)
+
+
+def test_smooth_choice_is_not_rounded_away_by_a_far_candidate():
+    """float32, k = 4, w ~ 7.8e3: the chain from s stays at s (cost ~1.4e4) while the last
+    chain and the bracket's end lie 1.5e-3 apart in cost at ~1.04. Compared through their
+    differences to s, float32 rounded that gap away and returned the bracket's end, 1.2x
+    the tolerance farther than the least cost; compared pairwise, the minimiser wins."""
+    s, k = 0.42737067, 4
+    x = np.full((1, k), s / k, F32)
+    y, w = np.array([-0.9237495], F32), np.array([7763.196], F32)
+    x2, y2 = (np.asarray(a) for a in project_sum_act(x, y, "tanh", w))
+    best = least_cost.sigmoidal("tanh", x.astype(float).sum(-1), y, w, k)
+    assert np.all(_distance(x, y, x2, y2, w) <= best + least_cost.tolerance(x, y, w, F32))

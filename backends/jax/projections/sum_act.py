@@ -160,16 +160,20 @@ class Smooth:
         return g, 1 / k + w * (df * df + (f - y) * d2f)
 
     def _choose(self, ts, s, y, k, w):
-        """The candidate of least cost, compared by the cost's difference to the first one,
-        `(t - t0)(t + t0 - 2s)/k + w (f - f0)(f + f0 - 2y)`: the costs themselves can be
-        dominated by `w (f - y)^2` and flat to within their rounding over a range of t. Then
-        a near-tie would be decided by rounding, and XLA redoes the choice in each fusion that
-        reads it (x2's and y2's, which may contract to FMAs differently), so the two could
-        pick different candidates and put `(x2, y2)` off the graph."""
-        t0, f0 = ts[0], self.f(ts[0])
-        return _running_min([(t0, jnp.zeros_like(t0))] + [
-            (t, (t - t0) * (t + t0 - 2 * s) / k + w * (f - f0) * (f + f0 - 2 * y))
-            for t, f in ((t, self.f(t)) for t in ts[1:])])
+        """The candidate of least cost, each compared with the best so far by the cost's
+        difference, `(t - tb)(t + tb - 2s)/k + w (f - fb)(f + fb - 2y)`. The costs themselves
+        can be dominated by `w (f - y)^2` and flat to within their rounding over a range of t.
+        Then a near-tie would be decided by rounding, and XLA redoes the choice in each fusion
+        that reads it (x2's and y2's, which may contract to FMAs differently), so the two
+        could pick different candidates and put `(x2, y2)` off the graph. Pairwise, not
+        against one reference: a far reference (s, at cost 1.4e4 against two candidates 1.5e-3
+        apart at ~1.04; float32) rounds the difference away and picked the worse one."""
+        best_t, best_f = ts[0], self.f(ts[0])
+        for t in ts[1:]:
+            f = self.f(t)
+            better = (t - best_t) * (t + best_t - 2 * s) / k + w * (f - best_f) * (f + best_f - 2 * y) < 0
+            best_t, best_f = jnp.where(better, t, best_t), jnp.where(better, f, best_f)
+        return best_t
 
     def _newton(self, chains, s, y, k, w):
         """One bracketed Newton step of each chain `(t, lo, hi)`: `lo` and `hi` follow the sign
