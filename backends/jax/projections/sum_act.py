@@ -324,8 +324,8 @@ class Sigmoidal(Smooth):
         so g = 0 reads `(8 + 4 over) E^2 + 4 over E = A (1 + E)^3`, `A = (t - s)/(k w scale^2
         rate)`. Each step solves that quadratic in E with A and `(1 + E)^3` from the last one
         (they contract by about `1/(2 rate (t - s))`). At the root g is ~0 and its sign left to
-        rounding: the shift puts the start where g < 0, as the caller checks. NaN where w = 0
-        (no finite root), which the caller's check rejects."""
+        rounding: the shift puts the start where g < 0, as the caller checks. NaN or -inf
+        where w = 0 (no finite root), which the caller's check rejects."""
         c = k * w * self.scale ** 2 * self.rate
         alpha, beta = 8 + 4 * over, 4 * over
         e = jnp.exp(-2 * self.rate * t)
