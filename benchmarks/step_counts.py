@@ -34,15 +34,16 @@ def sigmoidal_queries(act, rng, n):
     """A third like `test_sigmoidal_extreme_queries` (|s|, |y| to 1e4, w 1e-3..1e3), a third
     deep in the saturated tail (|y| 2..1e4, w 1..1e3), as `test_sigmoidal_tail_start_saves_steps`,
     and a third just inside the range near saturation (|y| 0.9..0.9999 in the tanh frame, w
-    10..1e4), where the last chain converges slowest: float32 tanh needed 8 steps there at
-    k = 4 and w to 1e3, 9 at k = 16, 10 at k = 4 and w to 1e4."""
+    10..1e4), where the last chain converged slowest when it started from M: float32 tanh
+    needed 8 steps there at k = 4 and w to 1e3, 9 at k = 16, 10 at k = 4 and w to 1e4."""
     third = n // 3
     near = n - 2 * third
     scale = rng.choice([0.1, 1.0, 10.0, 1e2, 1e3, 1e4], size=third)
     lo_y = -1.2 if act == "tanh" else -0.2
     s = np.concatenate([rng.normal(size=third) * scale, rng.normal(size=third) * 10,
                         rng.normal(size=near) * rng.choice([0.1, 1.0, 3.0, 10.0], size=near)])
-    extreme = np.where(rng.random(third) < 0.5, rng.uniform(lo_y, 1.2, third), rng.normal(size=third) * scale)
+    extreme = np.where(rng.random(third) < 0.5, rng.uniform(lo_y, 1.2, third),
+                       rng.normal(size=third) * scale)
     tail = rng.choice([-1, 1], size=third) * _log_uniform(rng, 2, 1e4, third)
     saturated = rng.choice([-1, 1], size=near) * rng.uniform(0.9, 0.9999, near)
     if act == "sigmoid":

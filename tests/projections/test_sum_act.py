@@ -231,8 +231,9 @@ def test_sigmoidal_extreme_queries(act, dtype):
 def test_sigmoidal_tail_start_saves_steps(act, monkeypatch):
     """Minimisers deep in the saturated tail (|y| from 2 to 1e4, w from 1 to 1e3): float64
     at 5 Newton steps (the fewest on 2000 such queries) with the last chain started left of
-    the tail's root is still exact. Without that start (Newton crawling ~1/(2 rate) per step) 5 steps left 58%
-    of tanh's and 56% of sigmoid's queries short, and 12 steps 4% and 0.6% (2000 each)."""
+    the tail's root is still exact. Without that start (Newton crawling ~1/(2 rate) per
+    step) 5 steps left 58% of tanh's and 56% of sigmoid's queries short, and 12 steps 4% and
+    0.6% (2000 each)."""
     from projc.backends.jax.projections import sum_act
 
     monkeypatch.setattr(sum_act, "_SIGMOIDAL_STEPS", {**sum_act._SIGMOIDAL_STEPS, 8: 5})

@@ -171,7 +171,8 @@ class Smooth:
         best_t, best_f = ts[0], self.f(ts[0])
         for t in ts[1:]:
             f = self.f(t)
-            better = (t - best_t) * (t + best_t - 2 * s) / k + w * (f - best_f) * (f + best_f - 2 * y) < 0
+            diff = (t - best_t) * (t + best_t - 2 * s) / k + w * (f - best_f) * (f + best_f - 2 * y)
+            better = diff < 0
             best_t, best_f = jnp.where(better, t, best_t), jnp.where(better, f, best_f)
         return best_t
 
